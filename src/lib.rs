@@ -1,0 +1,8 @@
+//! image-catalog: syncs a Git catalog of VM images into ClusterVirtualImages and imports the
+//! images into DVCR.
+//!
+//! The modules follow the data: `api` (resource types) → `catalog` → `sync` → `import` →
+//! `dvcr` → `report`.
+
+pub mod api;
+pub mod tls;

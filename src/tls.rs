@@ -1,0 +1,48 @@
+//! One rustls crypto provider for the whole process.
+//!
+//! kube, reqwest and oci-client all build rustls configurations. rustls refuses to guess when
+//! more than one provider is compiled in, and panics at the first TLS client built. The crate
+//! links only aws-lc-rs (see Cargo.toml) and installs it explicitly before any client exists,
+//! so a dependency that later drags in `ring` cannot turn start-up into a panic.
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Safe to call any number of times.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err means another thread installed one in between: equally fine.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kube_and_reqwest_clients_build_in_one_process() {
+        install_crypto_provider();
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(
+            r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: u
+  user: {token: "t"}
+contexts:
+- name: c
+  context: {cluster: c, user: u}
+current-context: c
+"#,
+        )
+        .unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).expect("kube client builds with the installed provider");
+        reqwest::Client::builder()
+            .build()
+            .expect("reqwest client builds with the same provider");
+    }
+}

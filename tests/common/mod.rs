@@ -1,0 +1,141 @@
+//! The real test world: `scripts/testenv` starts (or reuses) etcd, kube-apiserver and DVCR on
+//! loopback; tests talk only to those servers.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What `.testenv/env` exports.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from .testenv/env"))
+    }
+    pub fn kubeconfig(&self) -> &str {
+        self.var("KUBECONFIG")
+    }
+    pub fn dvcr_registry(&self) -> &str {
+        self.var("DVCR_REGISTRY")
+    }
+
+    /// A `kubectl` against the test apiserver.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new("kubectl");
+        command.env("KUBECONFIG", self.kubeconfig());
+        if let Some(path) = self.vars.get("PATH") {
+            command.env("PATH", path);
+        }
+        command
+    }
+
+    /// Runs kubectl with `args`, feeding `stdin`, and returns its output.
+    pub fn kubectl_with_input(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl().args(args).output().expect("kubectl runs");
+        assert!(
+            output.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub async fn kube_client(&self) -> kube::Client {
+        image_catalog::tls::install_crypto_provider();
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+/// Starts the shared environment once per test binary (or reuses a running one: `up` is
+/// idempotent and serialised by a lock, so parallel test binaries share one environment).
+pub fn testenv() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new(root.join("scripts/testenv"))
+            .arg("up")
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .status()
+            .expect("scripts/testenv runs");
+        assert!(status.success(), "scripts/testenv up failed");
+        TestEnv {
+            vars: read_env_file(&root.join(".testenv/env")),
+        }
+    })
+}
+
+/// Parses the `export NAME=value` lines of an env file written by `scripts/testenv`.
+pub fn read_env_file(path: &Path) -> HashMap<String, String> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(name, value)| {
+            // The PATH line extends the caller's PATH: `export PATH=/dir:"$PATH"`.
+            let inherited = std::env::var("PATH").unwrap_or_default();
+            let value = value
+                .trim()
+                .replace("\"$PATH\"", &inherited)
+                .replace("$PATH", &inherited);
+            let value = value.as_str();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+/// Polls `probe` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,48 @@
+//! Generated artefacts are produced by the binary and checked in; these fail when the checked-in
+//! copies drift from the code.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use image_catalog::api::crds;
+
+#[test]
+fn checked_in_crds_equal_the_generated_ones() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+    let mut expected_files = BTreeSet::new();
+    for crd in crds::all() {
+        let name = crds::file_name(&crd);
+        let generated = crds::to_yaml(&crd).unwrap();
+        let checked_in = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+            panic!(
+                "deploy/crds/{name} is missing ({e}); run: cargo run -- crds --write deploy/crds"
+            )
+        });
+        assert!(
+            checked_in == generated,
+            "deploy/crds/{name} differs from the code; run: cargo run -- crds --write deploy/crds"
+        );
+        expected_files.insert(name);
+    }
+    let present: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        present, expected_files,
+        "deploy/crds holds files the code no longer generates"
+    );
+}
+
+#[test]
+fn crds_subcommand_prints_every_crd() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_image-catalog"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(printed, crds::all_yaml().unwrap());
+    assert!(printed.contains("name: clustervirtualimages.virtualization.deckhouse.io"));
+    assert!(printed.contains("name: virtualimages.virtualization.deckhouse.io"));
+}
