@@ -6,3 +6,5 @@
 
 pub mod api;
 pub mod tls;
+pub mod dvcr;
+pub mod import;

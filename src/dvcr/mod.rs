@@ -1,0 +1,1 @@
+//! DVCR, the in-cluster registry of VM images (being written).

@@ -1,0 +1,1 @@
+//! Format detection and safety checks on the received bytes (being written).

@@ -1,0 +1,1 @@
+//! HTTP/HTTPS source (being written).

@@ -1,0 +1,3 @@
+//! Sources of image bytes.
+
+pub mod http;
