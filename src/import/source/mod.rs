@@ -1,3 +1,92 @@
 //! Sources of image bytes.
 
 pub mod http;
+
+/// What the pipeline should do about a [`SourceError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceErrorKind {
+    /// Retrying the same request will not help: the URL, the credentials or the `caBundle`
+    /// must change first.
+    Permanent,
+    /// The source is unavailable for now; the source has already retried with back-off, so
+    /// the caller should give up this attempt and try again later.
+    Transient,
+    /// The bytes already delivered cannot be trusted to belong to the file now on the
+    /// server: the caller must discard everything derived from them (hash state, partial
+    /// upload) and import again from the first byte.
+    Restart,
+}
+
+/// A classified failure of a source, ready for a condition: `reason` is a CamelCase
+/// condition reason (see [`reason`]) and `message` tells the user what went wrong and what to
+/// do. Messages never contain URL credentials or query strings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: SourceErrorKind,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind: SourceErrorKind::Permanent,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind: SourceErrorKind::Transient,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn restart(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind: SourceErrorKind::Restart,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.kind == SourceErrorKind::Permanent
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == SourceErrorKind::Transient
+    }
+
+    pub fn is_restart(&self) -> bool {
+        self.kind == SourceErrorKind::Restart
+    }
+}
+
+/// Condition reasons of [`SourceError`]s.
+pub mod reason {
+    /// The URL cannot be parsed or has an unsupported scheme (permanent).
+    pub const INVALID_URL: &str = "InvalidURL";
+    /// The `caBundle` holds no usable PEM certificate (permanent).
+    pub const INVALID_CA_BUNDLE: &str = "InvalidCABundle";
+    /// 404 (permanent).
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    /// 401 or 403 (permanent).
+    pub const SOURCE_ACCESS_DENIED: &str = "SourceAccessDenied";
+    /// 410, any other 4xx, an unexpected status or too many redirects (permanent).
+    pub const SOURCE_REJECTED: &str = "SourceRejected";
+    /// The TLS handshake failed, usually an untrusted certificate (permanent).
+    pub const SOURCE_TLS_ERROR: &str = "SourceTLSError";
+    /// The host name did not resolve, even after retries (permanent).
+    pub const SOURCE_HOST_NOT_FOUND: &str = "SourceHostNotFound";
+    /// 5xx, 408, 429, refused or broken connections, timeouts: still failing after all
+    /// attempts (transient).
+    pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
+    /// The file on the server changed while it was downloaded (restart).
+    pub const SOURCE_CHANGED: &str = "SourceChanged";
+    /// The download broke and the server cannot resume it (restart).
+    pub const SOURCE_NOT_RESUMABLE: &str = "SourceNotResumable";
+}
