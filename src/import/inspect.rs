@@ -1,1 +1,0 @@
-//! Format detection and safety checks on the received bytes (being written).

@@ -1,0 +1,307 @@
+//! Follows the unpacked byte stream: keeps the bytes the format parsers ask for and counts
+//! the rest.
+
+use super::formats::{self, HEAD_MAX, WindowKind};
+use super::{DiskFormat, InspectError};
+
+/// A format and size, once known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Detected {
+    pub format: DiskFormat,
+    pub virtual_size: u64,
+    pub cdrom: bool,
+}
+
+/// What a parser needs next.
+pub(super) enum Next {
+    /// The first `n` bytes of the image (more than it had).
+    Head(usize),
+    /// `len` bytes at `start`, handed to `kind.parse()`.
+    Window {
+        start: u64,
+        len: usize,
+        kind: WindowKind,
+    },
+    /// Everything: the size is the unpacked length (raw, or ISO if `iso`).
+    Count {
+        iso: bool,
+    },
+    Done(Detected),
+}
+
+enum Phase {
+    /// Collecting the first `want` bytes; the head holds every byte seen so far.
+    Head {
+        want: usize,
+    },
+    Window {
+        start: u64,
+        len: usize,
+        buf: Vec<u8>,
+        kind: WindowKind,
+    },
+    Count {
+        iso: bool,
+    },
+    Done(Detected),
+}
+
+pub(super) struct Analyzer {
+    /// Unpacked bytes seen.
+    pos: u64,
+    limit: u64,
+    head: Vec<u8>,
+    phase: Phase,
+    tail: Tail,
+}
+
+impl Analyzer {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            pos: 0,
+            limit,
+            head: Vec::new(),
+            phase: Phase::Head {
+                want: formats::FIRST_PROBE,
+            },
+            tail: Tail::default(),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done(_))
+    }
+
+    /// Takes the next unpacked bytes.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), InspectError> {
+        let end = self.pos.saturating_add(data.len() as u64);
+        if end > self.limit {
+            return Err(InspectError::UnpackedSizeLimitExceeded { limit: self.limit });
+        }
+        // The hot path for raw and ISO images: count and keep the tail.
+        if let Phase::Count { .. } = self.phase {
+            self.pos = end;
+            self.tail.push(data);
+            return Ok(());
+        }
+        while !data.is_empty() {
+            let complete = match &mut self.phase {
+                Phase::Head { want } => {
+                    let take = want.saturating_sub(self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..take]);
+                    self.pos += take as u64;
+                    data = &data[take..];
+                    self.head.len() >= *want
+                }
+                Phase::Window {
+                    start, len, buf, ..
+                } => {
+                    if self.pos < *start {
+                        let skip = (*start - self.pos).min(data.len() as u64) as usize;
+                        self.pos += skip as u64;
+                        data = &data[skip..];
+                        false
+                    } else {
+                        let take = (*len - buf.len()).min(data.len());
+                        buf.extend_from_slice(&data[..take]);
+                        self.pos += take as u64;
+                        data = &data[take..];
+                        buf.len() == *len
+                    }
+                }
+                Phase::Count { .. } => {
+                    self.pos = end;
+                    self.tail.push(data);
+                    return Ok(());
+                }
+                Phase::Done(_) => {
+                    self.pos = end;
+                    return Ok(());
+                }
+            };
+            if complete {
+                self.step(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream has ended: the result, or why there is none.
+    pub fn finish(mut self) -> Result<Detected, InspectError> {
+        loop {
+            match &self.phase {
+                Phase::Head { .. } | Phase::Window { .. } => self.step(true)?,
+                Phase::Count { iso } => return self.counted(*iso),
+                Phase::Done(found) => return Ok(*found),
+            }
+        }
+    }
+
+    /// Parses what the current phase collected and moves on.
+    fn step(&mut self, eof: bool) -> Result<(), InspectError> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Head { want: 0 });
+        let next = match phase {
+            Phase::Head { .. } => formats::probe(&self.head, eof)?,
+            Phase::Window {
+                start,
+                len,
+                buf,
+                kind,
+            } => {
+                if buf.len() < len {
+                    return Err(truncated(kind.what(), start));
+                }
+                kind.parse(&buf)?
+            }
+            Phase::Count { .. } | Phase::Done(_) => {
+                self.phase = phase;
+                return Ok(());
+            }
+        };
+        self.enter(next, eof)
+    }
+
+    fn enter(&mut self, mut next: Next, eof: bool) -> Result<(), InspectError> {
+        loop {
+            match next {
+                Next::Head(want) => {
+                    // Parsers only ask for more than they had, while in the head.
+                    if eof || want <= self.head.len() || want > HEAD_MAX {
+                        return Err(InspectError::Corrupt(format!(
+                            "the image ends inside its header (after {} bytes): the file is \
+                             truncated; check the source file",
+                            self.pos
+                        )));
+                    }
+                    self.phase = Phase::Head { want };
+                    return Ok(());
+                }
+                Next::Window { start, len, kind } => {
+                    let end = start.saturating_add(len as u64);
+                    let held = self.head.len() as u64;
+                    if end <= held {
+                        // Already in the head: parse at once.
+                        next = kind.parse(&self.head[start as usize..end as usize])?;
+                        continue;
+                    }
+                    if eof {
+                        return Err(truncated(kind.what(), start));
+                    }
+                    let mut buf = Vec::with_capacity(len);
+                    if start < self.pos {
+                        // Bytes already passed are at hand only while the head holds them all.
+                        if self.pos != held {
+                            return Err(InspectError::Unsupported(format!(
+                                "the image's {} lies before data already read (at offset \
+                                 {start}), an unusual layout the streaming import cannot \
+                                 follow: convert the image with `qemu-img convert -O qcow2` \
+                                 and import the result",
+                                kind.what()
+                            )));
+                        }
+                        buf.extend_from_slice(&self.head[start as usize..]);
+                    }
+                    self.phase = Phase::Window {
+                        start,
+                        len,
+                        buf,
+                        kind,
+                    };
+                    return Ok(());
+                }
+                Next::Count { iso } => {
+                    // Entered from the head, which holds the whole stream so far.
+                    self.tail.push(&self.head);
+                    self.head = Vec::new();
+                    self.phase = Phase::Count { iso };
+                    return Ok(());
+                }
+                Next::Done(found) => {
+                    self.head = Vec::new();
+                    self.phase = Phase::Done(found);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn counted(&self, iso: bool) -> Result<Detected, InspectError> {
+        if self.pos == 0 {
+            return Err(InspectError::Corrupt(
+                "the image is empty (0 bytes): check that the URL points to the image file"
+                    .to_owned(),
+            ));
+        }
+        let tail = self.tail.get();
+        if let Some(vhd) = formats::fixed_vhd(&tail)? {
+            return Ok(vhd);
+        }
+        Ok(Detected {
+            format: if iso {
+                DiskFormat::Iso
+            } else {
+                DiskFormat::Raw
+            },
+            virtual_size: self.pos,
+            cdrom: iso,
+        })
+    }
+}
+
+fn truncated(what: &str, at: u64) -> InspectError {
+    InspectError::Corrupt(format!(
+        "the image ends before its {what} (at offset {at}): the file is truncated; check the \
+         source file"
+    ))
+}
+
+/// The last bytes of the stream (where a fixed VHD keeps its footer), in a ring so that
+/// tiny chunks cost no shifting.
+pub(super) struct Tail {
+    buf: [u8; TAIL_LEN],
+    /// Where the next byte goes.
+    end: usize,
+    filled: usize,
+}
+
+pub(super) const TAIL_LEN: usize = 512;
+
+impl Default for Tail {
+    fn default() -> Self {
+        Self {
+            buf: [0; TAIL_LEN],
+            end: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl Tail {
+    #[inline]
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_LEN {
+            self.buf.copy_from_slice(&data[data.len() - TAIL_LEN..]);
+            self.end = 0;
+            self.filled = TAIL_LEN;
+            return;
+        }
+        let first = (TAIL_LEN - self.end).min(data.len());
+        self.buf[self.end..self.end + first].copy_from_slice(&data[..first]);
+        let rest = data.len() - first;
+        self.buf[..rest].copy_from_slice(&data[first..]);
+        self.end = (self.end + data.len()) % TAIL_LEN;
+        self.filled = (self.filled + data.len()).min(TAIL_LEN);
+    }
+
+    /// The kept bytes in stream order.
+    pub fn get(&self) -> Vec<u8> {
+        if self.filled < TAIL_LEN {
+            // Never wrapped: the bytes start at 0.
+            return self.buf[..self.filled].to_vec();
+        }
+        let mut out = Vec::with_capacity(TAIL_LEN);
+        out.extend_from_slice(&self.buf[self.end..]);
+        out.extend_from_slice(&self.buf[..self.end]);
+        out
+    }
+}
