@@ -1,0 +1,641 @@
+//! The DVCR image layout, byte for byte: the tar framing of the single disk layer, the image
+//! config and the manifest. Pure code, no I/O.
+//!
+//! The layout is an interoperability contract with the virtualization stack that reads these
+//! images: one uncompressed tar layer holding `disk/` and `disk/<file>`, config labels
+//! describing the file, OCI media types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Media type of the image manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of the image config.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of the disk layer: an uncompressed tar.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Config label: bytes of the stored file, decimal.
+pub const LABEL_SIZE: &str = "source-image-size";
+/// Config label: virtual size of the disk in bytes, decimal.
+pub const LABEL_VIRTUAL_SIZE: &str = "source-image-virtual-size";
+/// Config label: disk format, e.g. `qcow2`.
+pub const LABEL_FORMAT: &str = "source-image-format";
+/// Config label: hex sha256 of the stored file.
+pub const LABEL_SHA256: &str = "source-image-sha256";
+/// Config label: hex md5 of the stored file.
+pub const LABEL_MD5: &str = "source-image-md5";
+
+/// The directory that holds the disk file inside the layer.
+pub const DISK_DIR: &str = "disk";
+/// Name used when the source gives no usable file name.
+pub const FALLBACK_FILE_NAME: &str = "disk.img";
+/// Longest file name kept: the ustar name field is 100 bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 100;
+
+/// Tar block size.
+pub const BLOCK: u64 = 512;
+/// The two headers at the start of the layer: `disk/` then `disk/<file>`.
+pub const HEADERS_LEN: u64 = 2 * BLOCK;
+/// The end-of-archive marker: two zero blocks.
+pub const END_LEN: u64 = 2 * BLOCK;
+
+/// Repository of a ClusterVirtualImage.
+pub fn cvi_repository(name: &str) -> String {
+    format!("cvi/{name}")
+}
+
+/// Repository of a VirtualImage.
+pub fn vi_repository(namespace: &str, name: &str) -> String {
+    format!("vi/{namespace}/{name}")
+}
+
+/// The file name stored in the layer, derived from a URL path (or a URL, or a bare name):
+/// only the last path segment, percent-decoded, without control characters, at most
+/// [`MAX_FILE_NAME_BYTES`] bytes; [`FALLBACK_FILE_NAME`] when nothing usable remains.
+pub fn disk_file_name(url_path_or_name: &str) -> String {
+    // A query or fragment is never part of the name (`.../disk.qcow2?token=...`).
+    let path = url_path_or_name
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let segment = path.rsplit(['/', '\\']).next().unwrap_or_default();
+    let decoded = percent_decode(segment);
+    let cleaned: String = decoded
+        .chars()
+        // A decoded `%2F` must not reintroduce a path separator.
+        .map(|c| {
+            if c.is_control() || c == '/' || c == '\\' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim();
+    let mut end = cleaned.len().min(MAX_FILE_NAME_BYTES);
+    while !cleaned.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = cleaned[..end].trim_end();
+    if name.is_empty() || name == "." || name == ".." {
+        FALLBACK_FILE_NAME.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Lossy percent-decoding of one URL path segment; invalid escapes are kept as they are.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Zero padding after a file of `file_size` bytes, up to the next tar block.
+pub fn padding_len(file_size: u64) -> u64 {
+    (BLOCK - file_size % BLOCK) % BLOCK
+}
+
+/// Size of the whole layer for a file of `file_size` bytes.
+pub fn layer_size(file_size: u64) -> u64 {
+    HEADERS_LEN + file_size + padding_len(file_size) + END_LEN
+}
+
+/// The bytes that follow the file: padding to the block, then the end-of-archive marker.
+pub fn trailer(file_size: u64) -> Vec<u8> {
+    vec![0; (padding_len(file_size) + END_LEN) as usize]
+}
+
+/// The two ustar headers that open the layer: `disk/` (0755) and `disk/<file_name>` (0644),
+/// owner 0:0, mtime 0, so the same file always gives the same layer digest.
+///
+/// `file_name` must come from [`disk_file_name`]. Sizes of 8 GiB and more use the base-256
+/// size encoding (GNU extension, read by Go's archive/tar, GNU tar and the `tar` crate).
+pub fn disk_headers(file_name: &str, file_size: u64) -> [u8; HEADERS_LEN as usize] {
+    let mut out = [0u8; HEADERS_LEN as usize];
+    let dir = header(
+        format!("{DISK_DIR}/").as_bytes(),
+        &[],
+        tar::EntryType::Directory,
+        0o755,
+        0,
+    );
+    let (prefix, name) = file_path_fields(file_name);
+    let file = header(&name, &prefix, tar::EntryType::Regular, 0o644, file_size);
+    out[..BLOCK as usize].copy_from_slice(dir.as_bytes());
+    out[BLOCK as usize..].copy_from_slice(file.as_bytes());
+    out
+}
+
+/// The ustar `name` and `prefix` fields for `disk/<file_name>`: the name field alone when it
+/// fits in 100 bytes, else `disk` goes to the prefix (the name is at most 100 bytes).
+fn file_path_fields(file_name: &str) -> (Vec<u8>, Vec<u8>) {
+    let full = format!("{DISK_DIR}/{file_name}");
+    if full.len() <= 100 {
+        (Vec::new(), full.into_bytes())
+    } else {
+        (DISK_DIR.as_bytes().to_vec(), file_name.as_bytes().to_vec())
+    }
+}
+
+/// Reads back what [`disk_headers`] wrote: `(file name, file size)`, or what is wrong.
+pub fn parse_disk_headers(headers: &[u8]) -> Result<(String, u64), String> {
+    if headers.len() < HEADERS_LEN as usize {
+        return Err(format!("layer is shorter than {HEADERS_LEN} bytes"));
+    }
+    let block = |i: usize| {
+        let mut bytes = [0u8; BLOCK as usize];
+        bytes.copy_from_slice(&headers[i * BLOCK as usize..(i + 1) * BLOCK as usize]);
+        tar::Header::from_byte_slice(&bytes).clone()
+    };
+    let check = |header: &tar::Header| -> Result<(), String> {
+        let stored = header
+            .cksum()
+            .map_err(|e| format!("bad tar checksum field: {e}"))?;
+        let mut copy = header.clone();
+        copy.set_cksum();
+        match copy.cksum() {
+            Ok(computed) if computed == stored => Ok(()),
+            _ => Err("tar header checksum mismatch".to_string()),
+        }
+    };
+
+    let dir = block(0);
+    check(&dir)?;
+    let dir_path = dir.path_bytes();
+    if dir.entry_type() != tar::EntryType::Directory
+        || !(&*dir_path == b"disk/" || &*dir_path == b"disk")
+    {
+        return Err(format!(
+            "first tar entry is {:?}, not the directory disk/",
+            String::from_utf8_lossy(&dir_path)
+        ));
+    }
+
+    let file = block(1);
+    check(&file)?;
+    let path = String::from_utf8_lossy(&file.path_bytes()).into_owned();
+    let name = path
+        .strip_prefix("disk/")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .ok_or_else(|| format!("second tar entry is {path:?}, not disk/<file>"))?;
+    if file.entry_type() != tar::EntryType::Regular {
+        return Err(format!("{path} is not a regular file"));
+    }
+    let size = file
+        .size()
+        .map_err(|e| format!("bad size of {path}: {e}"))?;
+    Ok((name.to_string(), size))
+}
+
+fn header(name: &[u8], prefix: &[u8], kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    // Written directly rather than with `set_path`, which drops the trailing `/` of `disk/`.
+    if let Some(ustar) = header.as_ustar_mut() {
+        let name_len = name.len().min(ustar.name.len());
+        ustar.name[..name_len].copy_from_slice(&name[..name_len]);
+        let prefix_len = prefix.len().min(ustar.prefix.len());
+        ustar.prefix[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+    }
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(size);
+    header.set_cksum();
+    header
+}
+
+/// What the config records about the stored disk file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLabels {
+    /// Bytes of the stored file (as downloaded, still compressed if the source was).
+    pub stored_size: u64,
+    /// Virtual size of the disk in bytes.
+    pub virtual_size: u64,
+    /// Disk format, e.g. `qcow2`, `raw`, `iso`.
+    pub format: String,
+    /// Hex sha256 of the stored file.
+    pub sha256: Option<String>,
+    /// Hex md5 of the stored file.
+    pub md5: Option<String>,
+}
+
+impl ImageLabels {
+    /// The config labels, by name.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_SIZE.to_string(), self.stored_size.to_string());
+        labels.insert(
+            LABEL_VIRTUAL_SIZE.to_string(),
+            self.virtual_size.to_string(),
+        );
+        labels.insert(LABEL_FORMAT.to_string(), self.format.clone());
+        if let Some(sha256) = &self.sha256 {
+            labels.insert(LABEL_SHA256.to_string(), sha256.clone());
+        }
+        if let Some(md5) = &self.md5 {
+            labels.insert(LABEL_MD5.to_string(), md5.clone());
+        }
+        labels
+    }
+
+    /// Reads the labels back; `Err` names the first required label missing or malformed.
+    pub fn from_map(labels: &BTreeMap<String, String>) -> Result<Self, String> {
+        let number = |name: &str| -> Result<u64, String> {
+            let value = labels
+                .get(name)
+                .ok_or_else(|| format!("label {name} is missing"))?;
+            value
+                .parse()
+                .map_err(|_| format!("label {name} is not a byte count: {value:?}"))
+        };
+        Ok(Self {
+            stored_size: number(LABEL_SIZE)?,
+            virtual_size: number(LABEL_VIRTUAL_SIZE)?,
+            format: labels
+                .get(LABEL_FORMAT)
+                .cloned()
+                .ok_or_else(|| format!("label {LABEL_FORMAT} is missing"))?,
+            sha256: labels.get(LABEL_SHA256).cloned(),
+            md5: labels.get(LABEL_MD5).cloned(),
+        })
+    }
+}
+
+/// The image config (the subset of the OCI image config that DVCR images use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default)]
+    pub config: ContainerConfig,
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<String>,
+}
+
+/// The config JSON for a layer (uncompressed, so its diff_id is its digest) and labels.
+pub fn config_json(layer_digest: &str, labels: &ImageLabels) -> Vec<u8> {
+    let config = ImageConfig {
+        architecture: "amd64".to_string(),
+        os: "linux".to_string(),
+        config: ContainerConfig {
+            labels: Some(labels.to_map()),
+        },
+        rootfs: RootFs {
+            kind: "layers".to_string(),
+            diff_ids: vec![layer_digest.to_string()],
+        },
+    };
+    // Plain structs and string maps always serialise.
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
+/// A content descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The image manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// The manifest JSON for a config blob and the single disk layer.
+pub fn manifest_json(
+    config_digest: &str,
+    config_size: u64,
+    layer_digest: &str,
+    layer_size: u64,
+) -> Vec<u8> {
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
+        config: Descriptor {
+            media_type: CONFIG_MEDIA_TYPE.to_string(),
+            digest: config_digest.to_string(),
+            size: config_size,
+        },
+        layers: vec![Descriptor {
+            media_type: LAYER_MEDIA_TYPE.to_string(),
+            digest: layer_digest.to_string(),
+            size: layer_size,
+        }],
+    };
+    serde_json::to_vec(&manifest).unwrap_or_default()
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Whether `digest` is `sha256:` followed by 64 lowercase hex digits.
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `repository` is a valid OCI repository name (lowercase components separated by
+/// `/`, each `[a-z0-9]+` joined by `.`, `_`, `__` or dashes).
+pub fn is_valid_repository(repository: &str) -> bool {
+    !repository.is_empty()
+        && repository.len() <= 255
+        && repository.split('/').all(is_valid_path_component)
+}
+
+fn is_valid_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: `.`, `_`, `__` or any number of `-`, always followed by alnum.
+        let run_start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let run = &component[run_start..i];
+        let ok = run == "." || run == "_" || run == "__" || run.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `tag` is a valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    let bytes = tag.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && word(bytes[0])
+        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn layer_bytes(file_name: &str, content: &[u8]) -> Vec<u8> {
+        let mut layer = disk_headers(file_name, content.len() as u64).to_vec();
+        layer.extend_from_slice(content);
+        layer.extend_from_slice(&trailer(content.len() as u64));
+        layer
+    }
+
+    #[test]
+    fn layer_is_a_tar_with_the_directory_and_the_file() {
+        for size in [0usize, 1, 511, 512, 513, 4096 + 17] {
+            let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let layer = layer_bytes("noble.qcow2", &content);
+            assert_eq!(layer.len() as u64, layer_size(size as u64));
+            assert_eq!(layer.len() % 512, 0);
+
+            let mut archive = tar::Archive::new(layer.as_slice());
+            let mut entries = archive.entries().unwrap();
+
+            let dir = entries.next().unwrap().unwrap();
+            assert_eq!(dir.header().entry_type(), tar::EntryType::Directory);
+            assert_eq!(&*dir.path_bytes(), b"disk/");
+            assert_eq!(dir.header().mode().unwrap(), 0o755);
+            drop(dir);
+
+            let mut file = entries.next().unwrap().unwrap();
+            assert_eq!(file.header().entry_type(), tar::EntryType::Regular);
+            assert_eq!(&*file.path_bytes(), b"disk/noble.qcow2");
+            assert_eq!(file.header().mode().unwrap(), 0o644);
+            assert_eq!(file.header().mtime().unwrap(), 0);
+            assert_eq!(file.header().uid().unwrap(), 0);
+            assert_eq!(file.header().gid().unwrap(), 0);
+            assert_eq!(file.header().size().unwrap(), size as u64);
+            let mut read = Vec::new();
+            file.read_to_end(&mut read).unwrap();
+            assert_eq!(read, content);
+            drop(file);
+
+            assert!(entries.next().is_none());
+        }
+    }
+
+    #[test]
+    fn layer_ends_with_two_zero_blocks() {
+        let layer = layer_bytes("a", b"xyz");
+        assert!(layer[layer.len() - 1024..].iter().all(|&b| b == 0));
+        assert_eq!(layer.len(), 1024 + 512 + 1024);
+    }
+
+    #[test]
+    fn headers_are_reproducible_ustar() {
+        let a = disk_headers("x.img", 12345);
+        let b = disk_headers("x.img", 12345);
+        assert_eq!(a, b);
+        assert_eq!(&a[257..263], b"ustar\0");
+        assert_eq!(&a[512 + 257..512 + 263], b"ustar\0");
+        assert_ne!(disk_headers("x.img", 12346), a);
+    }
+
+    #[test]
+    fn a_100_byte_file_name_goes_through_the_prefix_field() {
+        let name = "n".repeat(100);
+        assert_eq!(disk_file_name(&name), name);
+        let layer = layer_bytes(&name, b"data");
+        let mut archive = tar::Archive::new(layer.as_slice());
+        let mut entries = archive.entries().unwrap();
+        entries.next().unwrap().unwrap();
+        let file = entries.next().unwrap().unwrap();
+        assert_eq!(
+            file.path().unwrap().to_str().unwrap(),
+            format!("disk/{name}")
+        );
+    }
+
+    #[test]
+    fn sizes_of_8_gib_and_more_are_readable() {
+        let size = 20 * 1024 * 1024 * 1024u64 + 3;
+        let headers = disk_headers("big.raw", size);
+        let mut block = [0u8; 512];
+        block.copy_from_slice(&headers[512..]);
+        let header = tar::Header::from_byte_slice(&block);
+        assert_eq!(header.size().unwrap(), size);
+        assert_eq!(layer_size(size), 1024 + size + 509 + 1024);
+    }
+
+    #[test]
+    fn headers_parse_back() {
+        for (name, size) in [
+            ("noble.qcow2", 0u64),
+            ("x.img", 12345),
+            (&*"n".repeat(100), 1),
+            ("big.raw", 9 << 30),
+        ] {
+            let headers = disk_headers(name, size);
+            assert_eq!(parse_disk_headers(&headers), Ok((name.to_string(), size)));
+        }
+        let mut corrupt = disk_headers("x.img", 5);
+        corrupt[512 + 10] ^= 1;
+        assert!(parse_disk_headers(&corrupt).is_err());
+        assert!(parse_disk_headers(&[0u8; 100]).is_err());
+        let mut swapped = [0u8; 1024];
+        let headers = disk_headers("x.img", 5);
+        swapped[..512].copy_from_slice(&headers[512..]);
+        swapped[512..].copy_from_slice(&headers[..512]);
+        assert!(parse_disk_headers(&swapped).is_err());
+    }
+
+    #[test]
+    fn file_names_are_sanitised() {
+        assert_eq!(disk_file_name("/images/noble/noble.qcow2"), "noble.qcow2");
+        assert_eq!(
+            disk_file_name("https://h/a/b.img.xz?X-Sig=1#frag"),
+            "b.img.xz"
+        );
+        assert_eq!(disk_file_name("ubuntu%2024.04.img"), "ubuntu 24.04.img");
+        assert_eq!(disk_file_name("a%2F..%2Fb"), "a_.._b");
+        assert_eq!(disk_file_name("..\\..\\evil.img"), "evil.img");
+        assert_eq!(disk_file_name("/images/"), FALLBACK_FILE_NAME);
+        assert_eq!(disk_file_name(""), FALLBACK_FILE_NAME);
+        assert_eq!(disk_file_name(".."), FALLBACK_FILE_NAME);
+        assert_eq!(disk_file_name("/a/%2E%2E"), FALLBACK_FILE_NAME);
+        assert_eq!(disk_file_name("."), FALLBACK_FILE_NAME);
+        assert_eq!(disk_file_name("a\nb\0c"), "a_b_c");
+        assert_eq!(disk_file_name("bad%zzescape%"), "bad%zzescape%");
+        let long = format!("{}.qcow2", "é".repeat(80));
+        let short = disk_file_name(&long);
+        assert!(short.len() <= MAX_FILE_NAME_BYTES);
+        assert!(short.starts_with("éé"));
+        assert_eq!(short.len(), 100);
+    }
+
+    #[test]
+    fn config_carries_platform_labels_and_diff_id() {
+        let labels = ImageLabels {
+            stored_size: 1000,
+            virtual_size: 2_147_483_648,
+            format: "qcow2".to_string(),
+            sha256: Some("ab".repeat(32)),
+            md5: None,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&config_json("sha256:0123", &labels)).unwrap();
+        assert_eq!(json["architecture"], "amd64");
+        assert_eq!(json["os"], "linux");
+        assert_eq!(json["rootfs"]["type"], "layers");
+        assert_eq!(json["rootfs"]["diff_ids"][0], "sha256:0123");
+        assert_eq!(json["config"]["Labels"]["source-image-size"], "1000");
+        assert_eq!(
+            json["config"]["Labels"]["source-image-virtual-size"],
+            "2147483648"
+        );
+        assert_eq!(json["config"]["Labels"]["source-image-format"], "qcow2");
+        assert_eq!(
+            json["config"]["Labels"]["source-image-sha256"],
+            "ab".repeat(32)
+        );
+        assert!(json["config"]["Labels"].get("source-image-md5").is_none());
+
+        let parsed: ImageConfig =
+            serde_json::from_slice(&config_json("sha256:0123", &labels)).unwrap();
+        let back = ImageLabels::from_map(parsed.config.labels.as_ref().unwrap()).unwrap();
+        assert_eq!(back, labels);
+    }
+
+    #[test]
+    fn manifest_has_the_oci_media_types() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&manifest_json("sha256:c", 10, "sha256:l", 2048)).unwrap();
+        assert_eq!(json["schemaVersion"], 2);
+        assert_eq!(json["mediaType"], MANIFEST_MEDIA_TYPE);
+        assert_eq!(json["config"]["mediaType"], CONFIG_MEDIA_TYPE);
+        assert_eq!(json["config"]["digest"], "sha256:c");
+        assert_eq!(json["config"]["size"], 10);
+        assert_eq!(json["layers"].as_array().unwrap().len(), 1);
+        assert_eq!(json["layers"][0]["mediaType"], LAYER_MEDIA_TYPE);
+        assert_eq!(json["layers"][0]["digest"], "sha256:l");
+        assert_eq!(json["layers"][0]["size"], 2048);
+    }
+
+    #[test]
+    fn names_tags_and_digests_are_validated() {
+        assert!(is_valid_repository("cvi/ubuntu-24.04"));
+        assert!(is_valid_repository("vi/default/my_img"));
+        assert!(!is_valid_repository("cvi/Ubuntu"));
+        assert!(!is_valid_repository("cvi//x"));
+        assert!(!is_valid_repository("cvi/x/"));
+        assert!(!is_valid_repository("cvi/a..b"));
+        assert!(!is_valid_repository("cvi/../x"));
+        assert!(!is_valid_repository(""));
+        assert!(is_valid_tag("3f1c2a9e-1b2c-4d5e-8f90-0123456789ab"));
+        assert!(!is_valid_tag("-x"));
+        assert!(!is_valid_tag("a/b"));
+        assert!(!is_valid_tag(&"a".repeat(129)));
+        assert!(is_sha256_digest(&sha256_digest(b"")));
+        assert!(!is_sha256_digest("sha256:ABC"));
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(cvi_repository("u"), "cvi/u");
+        assert_eq!(vi_repository("ns", "u"), "vi/ns/u");
+    }
+}
