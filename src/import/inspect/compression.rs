@@ -1,7 +1,7 @@
 //! Streaming gzip and xz decompression into a fixed scratch buffer, handed to the analyzer.
 
 use flate2::{Decompress, FlushDecompress, Status};
-use liblzma::stream::{Action, CONCATENATED, Error as XzError, Status as XzStatus, Stream};
+use liblzma::stream::{Action, Error as XzError, Status as XzStatus, Stream};
 
 use super::analyzer::Analyzer;
 use super::{InspectError, human_size};
@@ -142,91 +142,159 @@ fn gzip_trailing(at: u64) -> InspectError {
 }
 
 pub(super) struct XzLayer {
-    stream: Stream,
+    /// The decoder of the current stream; None between two concatenated streams.
+    stream: Option<Stream>,
+    /// Compressed bytes of the streams already finished, for messages.
+    finished_in: u64,
+    /// Zero bytes seen since the last stream ended (stream padding, a multiple of four).
+    padding: u64,
     scratch: Box<[u8]>,
+}
+
+/// Decoder threads: files made with `xz -T` have independent blocks that decode in parallel,
+/// as `xz -dc` does.
+const XZ_THREADS: u32 = 2;
+/// Threads are used only while their blocks fit in this much memory; past it the decoder
+/// falls back to one thread, so memory stays bounded whatever the file.
+const XZ_MEMLIMIT_THREADING: u64 = 48 << 20;
+
+/// The magic bytes that open an xz stream.
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
+fn xz_decoder() -> Result<Stream, InspectError> {
+    // The multi-threaded decoder has no flag for concatenated streams: `feed` starts a new
+    // decoder for each stream instead, skipping the stream padding between them.
+    liblzma::stream::MtStreamBuilder::new()
+        .threads(XZ_THREADS)
+        .memlimit_threading(XZ_MEMLIMIT_THREADING)
+        .memlimit_stop(XZ_MEMLIMIT)
+        .decoder()
+        .map_err(|err| xz_error(err, 0))
 }
 
 impl XzLayer {
     pub fn new() -> Result<Self, InspectError> {
-        // CONCATENATED: accept multi-stream files (and stream padding), as `xz -d` does.
-        let stream = Stream::new_stream_decoder(XZ_MEMLIMIT, CONCATENATED)
-            .map_err(|err| xz_error(err, 0))?;
         Ok(Self {
-            stream,
+            stream: Some(xz_decoder()?),
+            finished_in: 0,
+            padding: 0,
             scratch: scratch(),
         })
     }
 
+    fn total_in(&self) -> u64 {
+        self.finished_in + self.padding + self.stream.as_ref().map_or(0, |s| s.total_in())
+    }
+
+    /// Runs the decoder of the current stream once over `input` and hands what it unpacked to
+    /// the analyzer; ends the stream when the decoder says so.
+    fn step(
+        &mut self,
+        input: &[u8],
+        action: Action,
+        out: &mut Analyzer,
+    ) -> Result<XzStep, InspectError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(XzStep {
+                used: 0,
+                made: 0,
+                ended: true,
+            });
+        };
+        let (in_before, out_before) = (stream.total_in(), stream.total_out());
+        let status = stream
+            .process(input, &mut self.scratch, action)
+            .map_err(|err| xz_error(err, in_before))?;
+        let used = (stream.total_in() - in_before) as usize;
+        let made = (stream.total_out() - out_before) as usize;
+        let ended = status == XzStatus::StreamEnd;
+        if ended {
+            self.finished_in += stream.total_in();
+            self.stream = None;
+        }
+        if made > 0 {
+            out.feed(&self.scratch[..made])?;
+        }
+        Ok(XzStep { used, made, ended })
+    }
+
     pub fn feed(&mut self, mut input: &[u8], out: &mut Analyzer) -> Result<(), InspectError> {
         loop {
-            let (in_before, out_before) = (self.stream.total_in(), self.stream.total_out());
-            let status = self
-                .stream
-                .process(input, &mut self.scratch, Action::Run)
-                .map_err(|err| xz_error(err, self.stream.total_in()))?;
-            let used = (self.stream.total_in() - in_before) as usize;
-            let made = (self.stream.total_out() - out_before) as usize;
-            input = &input[used..];
-            if made > 0 {
-                out.feed(&self.scratch[..made])?;
-                if out.is_done() {
+            if self.stream.is_none() {
+                // Between streams: skip padding, then a new stream must begin.
+                let zeros = input.iter().take_while(|&&b| b == 0).count();
+                self.padding += zeros as u64;
+                input = &input[zeros..];
+                if input.is_empty() {
                     return Ok(());
                 }
+                if !self.padding.is_multiple_of(4) || input[0] != XZ_MAGIC[0] {
+                    return Err(InspectError::Corrupt(
+                        "unexpected data after the end of the xz stream: the file is damaged; \
+                         check the source file (e.g. `xz -t image.xz`)"
+                            .to_owned(),
+                    ));
+                }
+                self.finished_in += self.padding;
+                self.padding = 0;
+                self.stream = Some(xz_decoder()?);
             }
-            if status == XzStatus::StreamEnd && !input.is_empty() {
-                // CONCATENATED reports the end only when finishing: never expected here.
-                return Err(InspectError::Corrupt(
-                    "unexpected data after the end of the xz stream: the file is damaged; check \
-                     the source file (e.g. `xz -t image.xz`)"
-                        .to_owned(),
-                ));
-            }
-            if made == self.scratch.len() {
-                // More output may be pending: drain it before taking input.
-                continue;
-            }
-            if input.is_empty() || status == XzStatus::StreamEnd {
+            let step = self.step(input, Action::Run, out)?;
+            input = &input[step.used..];
+            if out.is_done() {
                 return Ok(());
             }
-            if used == 0 {
+            if step.ended || step.made == self.scratch.len() {
+                // Another stream may follow, or more output is pending: go round again.
+                continue;
+            }
+            if input.is_empty() {
+                return Ok(());
+            }
+            if step.used == 0 && step.made == 0 {
                 // Never seen with room to write; fail rather than drop input.
                 return Err(InspectError::Corrupt(format!(
                     "the xz stream could not be unpacked past compressed byte {}; check the \
                      source file (e.g. `xz -t image.xz`)",
-                    self.stream.total_in()
+                    self.total_in()
                 )));
             }
         }
     }
 
     pub fn finish(&mut self, out: &mut Analyzer) -> Result<(), InspectError> {
-        loop {
-            let out_before = self.stream.total_out();
-            let status = self
+        while self.stream.is_some() {
+            let (total_in, total_out) = self
                 .stream
-                .process(&[], &mut self.scratch, Action::Finish)
-                .map_err(|err| xz_error(err, self.stream.total_in()))?;
-            let made = (self.stream.total_out() - out_before) as usize;
-            if made > 0 {
-                out.feed(&self.scratch[..made])?;
-                if out.is_done() {
-                    return Ok(());
-                }
-            }
-            if status == XzStatus::StreamEnd {
+                .as_ref()
+                .map_or((0, 0), |s| (s.total_in(), s.total_out()));
+            let step = self.step(&[], Action::Finish, out)?;
+            if out.is_done() {
                 return Ok(());
             }
-            if made == 0 {
+            if !step.ended && step.made == 0 {
                 return Err(InspectError::Corrupt(format!(
-                    "the xz stream ended early (after {} compressed bytes, {} unpacked): the \
-                     download was cut short or the source file is truncated; check the source \
-                     file (e.g. `xz -t image.xz`)",
-                    self.stream.total_in(),
-                    self.stream.total_out()
+                    "the xz stream ended early (after {total_in} compressed bytes, {total_out} \
+                     unpacked): the download was cut short or the source file is truncated; \
+                     check the source file (e.g. `xz -t image.xz`)"
                 )));
             }
         }
+        if !self.padding.is_multiple_of(4) {
+            return Err(InspectError::Corrupt(
+                "the xz file ends with damaged stream padding; check the source file \
+                 (e.g. `xz -t image.xz`)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
+}
+
+struct XzStep {
+    used: usize,
+    made: usize,
+    ended: bool,
 }
 
 fn xz_error(err: XzError, at: u64) -> InspectError {

@@ -727,6 +727,32 @@ fn multi_member_gzip_and_padding() {
 }
 
 #[test]
+fn multi_block_xz_from_parallel_xz_decodes_in_threads_and_keeps_padding_rules() {
+    if !tools() {
+        return;
+    }
+    let plain = disk_content(3_000_000);
+    // `xz -T2` with small blocks: the blocks decode in parallel.
+    let mut data = filter("xz", &["-c", "-1", "-T2", "--block-size=262144"], &plain);
+    let expected = ImageInfo {
+        format: DiskFormat::Raw,
+        compression: Some(Compression::Xz),
+        virtual_size: 3_000_000,
+        cdrom: false,
+    };
+    assert_eq!(inspect_all(&data).unwrap(), expected);
+    // Stream padding (a multiple of four zero bytes) and a second stream.
+    data.extend([0; 8]);
+    data.extend(xz(&plain[..1000]));
+    let two_streams = inspect_all(&data).unwrap();
+    assert_eq!(two_streams.virtual_size, 3_001_000);
+    // Padding that is not a multiple of four is damage.
+    let mut bad = filter("xz", &["-c", "-1"], &plain[..1000]);
+    bad.extend([0; 3]);
+    assert_eq!(inspect(&bad, 4096).unwrap_err().reason(), "CorruptImage");
+}
+
+#[test]
 fn header_formats_stop_decompressing() {
     if !tools() {
         return;
