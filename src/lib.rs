@@ -5,6 +5,9 @@
 //! `dvcr` → `report`.
 
 pub mod api;
-pub mod tls;
+pub mod daemon;
 pub mod dvcr;
 pub mod import;
+pub mod metrics;
+pub mod server;
+pub mod tls;

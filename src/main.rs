@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: reconcile ClusterVirtualImages and import them into DVCR.
+    Controller(Box<image_catalog::daemon::ControllerArgs>),
     /// Print every CustomResourceDefinition the project ships, as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -37,6 +39,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Controller(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(image_catalog::daemon::run(*args)),
         Command::Crds { write: None } => {
             print!("{}", crds::all_yaml()?);
             Ok(())

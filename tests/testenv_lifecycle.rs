@@ -42,7 +42,11 @@ fn processes_of(dir: &Path) -> Vec<u32> {
 fn kubectl_works(dir: &Path) -> bool {
     let env = read_env_file(&dir.join("env"));
     Command::new("kubectl")
-        .args(["get", "crd", "clustervirtualimages.virtualization.deckhouse.io"])
+        .args([
+            "get",
+            "crd",
+            "clustervirtualimages.virtualization.deckhouse.io",
+        ])
         .env("KUBECONFIG", &env["KUBECONFIG"])
         .output()
         .map(|output| output.status.success())
@@ -56,20 +60,40 @@ fn up_then_down_leaves_nothing_running_and_a_killed_environment_comes_back() {
 
     must(&state, "up");
     let started = processes_of(&state);
-    assert!(started.len() >= 3, "etcd, kube-apiserver and DVCR run: {started:?}");
-    assert!(kubectl_works(&state), "the CRDs are installed and the apiserver answers");
+    assert!(
+        started.len() >= 3,
+        "etcd, kube-apiserver and DVCR run: {started:?}"
+    );
+    assert!(
+        kubectl_works(&state),
+        "the CRDs are installed and the apiserver answers"
+    );
     must(&state, "up"); // harmless a second time
-    assert_eq!(processes_of(&state), started, "a second up starts nothing new");
+    assert_eq!(
+        processes_of(&state),
+        started,
+        "a second up starts nothing new"
+    );
 
     must(&state, "down");
-    assert_eq!(processes_of(&state), Vec::<u32>::new(), "down leaves no process behind");
+    assert_eq!(
+        processes_of(&state),
+        Vec::<u32>::new(),
+        "down leaves no process behind"
+    );
 
     must(&state, "up");
     for pid in processes_of(&state) {
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
     }
     must(&state, "up");
-    assert!(kubectl_works(&state), "up after kill -9 brings a working environment back");
+    assert!(
+        kubectl_works(&state),
+        "up after kill -9 brings a working environment back"
+    );
     must(&state, "down");
     assert_eq!(processes_of(&state), Vec::<u32>::new());
 }

@@ -1,5 +1,12 @@
 //! The CVI controller and the one-pass import pipeline: a source produces a byte stream; the
 //! stages meter, hash, inspect and store it in DVCR in the same pass.
 
+pub mod controller;
+pub mod decide;
+pub mod digest;
+pub mod http_import;
 pub mod inspect;
+pub mod pipeline;
+pub mod progress;
 pub mod source;
+pub mod status;

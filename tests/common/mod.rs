@@ -141,3 +141,48 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+impl TestEnv {
+    /// A kubeconfig that authenticates as the ServiceAccount of `deploy/rbac.yaml`, so that a
+    /// daemon started with it has exactly the permissions the project ships.
+    pub fn daemon_kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            repo_root().join("deploy/rbac.yaml").to_str().unwrap(),
+        ]);
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            "image-catalog",
+            "-n",
+            "image-catalog",
+            "--duration=2h",
+        ]);
+        let server = self.kubectl_ok(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ]);
+        let ca = self.kubectl_ok(&[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ]);
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: image-catalog\n  user:\n    token: {token}\ncontexts:\n- name: daemon\n  context: {{cluster: testenv, user: image-catalog}}\n\
+             current-context: daemon\n",
+            token = token.trim(),
+        );
+        let path = dir.join("daemon.kubeconfig");
+        std::fs::write(&path, kubeconfig).unwrap();
+        path
+    }
+}

@@ -1,0 +1,259 @@
+//! `image-catalog controller`: configuration by flags with environment fallbacks, and the
+//! start-up of the controllers and the HTTP endpoints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use crate::dvcr::{Dvcr, DvcrConfig};
+use crate::import::controller::{self, ControllerSettings};
+use crate::import::inspect::InspectLimits;
+use crate::import::pipeline::PipelineSettings;
+use crate::import::source::http::HttpSourceOptions;
+use crate::metrics::Metrics;
+use crate::server::{self, ServerState};
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Path of a kubeconfig; without it, the in-cluster configuration (or ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace the daemon runs in (for its Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
+    pub namespace: String,
+    /// DVCR address, host:port.
+    #[arg(long, env = "DVCR_REGISTRY", value_name = "HOST:PORT")]
+    pub dvcr_registry: String,
+    /// DVCR user name (with --dvcr-password; or use --dvcr-auth-secret).
+    #[arg(long, env = "DVCR_USERNAME")]
+    pub dvcr_username: Option<String>,
+    /// DVCR password. Prefer the environment variable to the flag: flags show in `ps`.
+    #[arg(long, env = "DVCR_PASSWORD", hide_env_values = true)]
+    pub dvcr_password: Option<String>,
+    /// A Secret of type kubernetes.io/dockerconfigjson in --namespace with the DVCR credentials.
+    #[arg(long, env = "DVCR_AUTH_SECRET", value_name = "NAME")]
+    pub dvcr_auth_secret: Option<String>,
+    /// PEM file of the CA that signed DVCR's certificate.
+    #[arg(long, env = "DVCR_CA_FILE", value_name = "FILE")]
+    pub dvcr_ca_file: Option<PathBuf>,
+    /// How many images may import at once; the others wait in Pending.
+    #[arg(long, env = "MAX_CONCURRENT_IMPORTS", default_value_t = 4)]
+    pub max_concurrent_imports: usize,
+    /// Handle only the images matching this label selector.
+    #[arg(long, env = "IMAGE_SELECTOR")]
+    pub selector: Option<String>,
+    /// Run the import controller. Switch it off on clusters where the platform's own
+    /// controller imports ClusterVirtualImages.
+    #[arg(long, env = "IMPORT_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub import_controller: bool,
+    /// Address of the metrics, health and readiness endpoints.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Where to keep downloads of unknown size until their size is known.
+    #[arg(long, env = "SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Refuse images that unpack to more than this many bytes (decompression bombs).
+    #[arg(long, env = "MAX_UNPACKED_SIZE", default_value_t = 1 << 40)]
+    pub max_unpacked_size: u64,
+    /// Attempts of one import after transient failures before it ends in Failed.
+    #[arg(long, default_value_t = 5)]
+    pub max_import_attempts: u32,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let dvcr = Dvcr::new(dvcr_config(&args, &client).await?).context("configuring DVCR access")?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let router = server::router(ServerState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let server = tokio::spawn(server::serve(args.metrics_addr, router));
+
+    if !args.import_controller {
+        tracing::info!("the import controller is switched off");
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        server
+            .await
+            .context("the HTTP server stopped")?
+            .context("serving HTTP")?;
+        return Ok(());
+    }
+    let settings = ControllerSettings {
+        max_concurrent_imports: args.max_concurrent_imports,
+        selector: args.selector.clone(),
+        pipeline: PipelineSettings {
+            inspect: InspectLimits {
+                max_unpacked_size: args.max_unpacked_size,
+            },
+            spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+        },
+        http: HttpSourceOptions::default(),
+        max_attempts: args.max_import_attempts.max(1),
+        retry_backoff: Duration::from_secs(10),
+        status_interval: Duration::from_secs(2),
+    };
+    let ctx = controller::Context::new(client, dvcr, settings, metrics);
+    tracing::info!(registry = %args.dvcr_registry, "import controller started");
+    tokio::select! {
+        _ = controller::run(ctx, ready) => Ok(()),
+        served = server => match served {
+            Ok(Ok(())) => bail!("the HTTP server stopped"),
+            Ok(Err(error)) => Err(error).context("serving HTTP"),
+            Err(error) => Err(error).context("the HTTP server stopped"),
+        },
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    crate::tls::install_crypto_provider();
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the Kubernetes configuration")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<DvcrConfig> {
+    let ca_pem = match &args.dvcr_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --dvcr-ca-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (username, password) = match &args.dvcr_auth_secret {
+        Some(secret) => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+            let secret = secrets.get(secret).await.with_context(|| {
+                format!("reading the DVCR auth Secret {}/{secret}", args.namespace)
+            })?;
+            let (username, password) = registry_credentials(&secret, &args.dvcr_registry)?;
+            (Some(username), Some(password))
+        }
+        None => (args.dvcr_username.clone(), args.dvcr_password.clone()),
+    };
+    Ok(DvcrConfig {
+        registry: args.dvcr_registry.clone(),
+        username,
+        password,
+        ca_pem,
+    })
+}
+
+/// The user name and password for `registry` in a dockerconfigjson Secret.
+pub fn registry_credentials(secret: &Secret, registry: &str) -> anyhow::Result<(String, String)> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(".dockerconfigjson"))
+        .with_context(|| format!("Secret {name} has no .dockerconfigjson key; it must be of type kubernetes.io/dockerconfigjson"))?;
+    let config: serde_json::Value = serde_json::from_slice(&data.0)
+        .with_context(|| format!("Secret {name}: .dockerconfigjson is not JSON"))?;
+    let auths = config["auths"]
+        .as_object()
+        .with_context(|| format!("Secret {name}: no \"auths\" in .dockerconfigjson"))?;
+    let entry = auths
+        .iter()
+        .find(|(host, _)| host.trim_start_matches("https://").trim_end_matches('/') == registry)
+        .map(|(_, entry)| entry)
+        .with_context(|| format!("Secret {name} has no credentials for {registry}"))?;
+    if let (Some(user), Some(pass)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        return Ok((user.to_string(), pass.to_string()));
+    }
+    let auth = entry["auth"].as_str().with_context(|| {
+        format!("Secret {name}: the entry for {registry} has neither username/password nor auth")
+    })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .with_context(|| {
+            format!("Secret {name}: the auth of {registry} is not base64 of user:password")
+        })?;
+    let (user, pass) = decoded
+        .split_once(':')
+        .with_context(|| format!("Secret {name}: the auth of {registry} is not user:password"))?;
+    Ok((user.to_string(), pass.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(json: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("dvcr-auth".into());
+        secret.data = Some(
+            [(
+                ".dockerconfigjson".to_string(),
+                ByteString(json.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        secret
+    }
+
+    #[test]
+    fn credentials_come_from_auth_or_from_username_and_password() {
+        let by_auth = secret(r#"{"auths":{"dvcr.example:5000":{"auth":"dXNlcjpwYTpzcw=="}}}"#);
+        assert_eq!(
+            registry_credentials(&by_auth, "dvcr.example:5000").unwrap(),
+            ("user".into(), "pa:ss".into())
+        );
+        let by_fields =
+            secret(r#"{"auths":{"https://dvcr.example:5000/":{"username":"u","password":"p"}}}"#);
+        assert_eq!(
+            registry_credentials(&by_fields, "dvcr.example:5000").unwrap(),
+            ("u".into(), "p".into())
+        );
+    }
+
+    #[test]
+    fn a_secret_without_the_registry_says_so_without_revealing_other_credentials() {
+        let other = secret(r#"{"auths":{"other:5000":{"username":"u","password":"hunter2"}}}"#);
+        let error = registry_credentials(&other, "dvcr.example:5000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no credentials for dvcr.example:5000"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"));
+    }
+}

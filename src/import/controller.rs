@@ -1,0 +1,617 @@
+//! The ClusterVirtualImage controller: a thin shell around `decide`, the pipeline and
+//! `next_status`. Reconcile reads the image, decides, and starts or cancels an import task; the
+//! task streams the image and writes the status, at most once per `status_interval`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::status::condition::{DATASOURCE_READY, READY};
+use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus};
+use crate::dvcr::Dvcr;
+use crate::import::decide::{Decision, KnownImport, decide};
+use crate::import::http_import;
+use crate::import::pipeline::{
+    ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
+};
+use crate::import::progress::speed;
+use crate::import::source::http::{HttpSourceOptions, redact_url};
+use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
+use crate::metrics::Metrics;
+
+/// Removed only after the image is gone from DVCR.
+pub const FINALIZER: &str = "imagecatalog.dev/dvcr-cleanup";
+/// The field manager of the status this controller writes.
+pub const STATUS_MANAGER: &str = "image-catalog-import";
+
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    pub max_concurrent_imports: usize,
+    /// Only images matching this label selector are handled (for sharding, and for tests).
+    pub selector: Option<String>,
+    pub pipeline: PipelineSettings,
+    pub http: HttpSourceOptions,
+    /// Attempts of one import after transient failures before it ends in Failed.
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+    /// At most one status write per image per interval while importing.
+    pub status_interval: Duration,
+}
+
+/// Everything a reconcile needs, shared.
+pub struct Context {
+    client: Client,
+    dvcr: Dvcr,
+    settings: ControllerSettings,
+    imports: Mutex<HashMap<String, TrackedImport>>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+}
+
+struct TrackedImport {
+    generation: i64,
+    /// None once the import finished.
+    cancel: Option<CancellationToken>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("deleting the image from DVCR: {0}")]
+    Cleanup(#[from] crate::dvcr::DvcrError),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Cleanup(_) => "dvcr_cleanup",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        dvcr: Dvcr,
+        settings: ControllerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "image-catalog".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            slots: Arc::new(Semaphore::new(settings.max_concurrent_imports.max(1))),
+            client,
+            dvcr,
+            settings,
+            imports: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    fn known_import(&self, uid: &str) -> KnownImport {
+        let imports = self
+            .imports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match imports.get(uid) {
+            Some(TrackedImport {
+                generation,
+                cancel: Some(_),
+                ..
+            }) => KnownImport::Running {
+                generation: *generation,
+            },
+            Some(TrackedImport {
+                generation,
+                cancel: None,
+                ..
+            }) => KnownImport::Finished {
+                generation: *generation,
+            },
+            None => KnownImport::None,
+        }
+    }
+
+    fn track(
+        &self,
+        uid: &str,
+        generation: i64,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Option<TrackedImport> {
+        let mut imports = self
+            .imports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        imports.insert(
+            uid.to_string(),
+            TrackedImport {
+                generation,
+                cancel: Some(cancel),
+                task: Some(task),
+            },
+        )
+    }
+
+    /// Marks the import of `generation` finished, unless a newer one replaced it meanwhile.
+    fn mark_finished(&self, uid: &str, generation: i64) {
+        let mut imports = self
+            .imports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tracked) = imports.get_mut(uid)
+            && tracked.generation == generation
+        {
+            tracked.cancel = None;
+        }
+    }
+
+    /// Cancels the import of an image that goes away, and returns its task to wait for.
+    fn forget(&self, uid: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let mut imports = self
+            .imports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tracked = imports.remove(uid)?;
+        if let Some(cancel) = tracked.cancel {
+            cancel.cancel();
+        }
+        tracked.task
+    }
+}
+
+/// Runs the controller until the process ends. `ready` is set once the images can be listed:
+/// the API answers, the CRD is served and the daemon's permissions suffice.
+pub async fn run(ctx: Arc<Context>, ready: Arc<std::sync::atomic::AtomicBool>) {
+    let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &ctx.settings.selector {
+        config = config.labels(selector);
+    }
+    let probe_api = api.clone();
+    let probe_params = kube::api::ListParams::default().limit(1);
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match probe_api.list_metadata(&probe_params).await {
+                Ok(_) => {
+                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "cannot list ClusterVirtualImages yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    });
+    Controller::new(api, config)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile did not finish");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, cvi, |event| async {
+        match event {
+            FinalizerEvent::Apply(cvi) => apply(cvi, ctx.clone()).await,
+            FinalizerEvent::Cleanup(cvi) => cleanup(cvi, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+fn error_policy(cvi: Arc<ClusterVirtualImage>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.count_reconcile_error(error.kind());
+    tracing::warn!(image = %cvi.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let uid = cvi.uid().unwrap_or_default();
+    let generation = cvi.metadata.generation.unwrap_or_default();
+    let status = cvi.status.clone().unwrap_or_default();
+    match decide(
+        generation,
+        status.phase,
+        status.observed_generation,
+        ctx.known_import(&uid),
+    ) {
+        Decision::Wait => {}
+        Decision::Start | Decision::Restart => {
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(import_task(
+                ctx.clone(),
+                cvi.clone(),
+                generation,
+                cancel.clone(),
+            ));
+            if let Some(TrackedImport {
+                cancel: Some(previous),
+                ..
+            }) = ctx.track(&uid, generation, cancel, task)
+            {
+                tracing::info!(image = %cvi.name_any(), generation, "spec changed during the import; starting over");
+                previous.cancel();
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn cleanup(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let uid = cvi.uid().unwrap_or_default();
+    if let Some(task) = ctx.forget(&uid) {
+        // A cancelled import stops at its next await; waiting for it means it cannot tag the
+        // image after the deletion below.
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    let previous = cvi.status.clone().unwrap_or_default();
+    let generation = cvi.metadata.generation.unwrap_or_default();
+    let terminating = next_status(&previous, generation, &ImportState::Terminating, &now());
+    if terminating != previous {
+        write_status(&ctx.client, &cvi.name_any(), &terminating).await?;
+    }
+    let existed = ctx.dvcr.delete_image(&repository(&cvi), &uid).await?;
+    tracing::info!(image = %cvi.name_any(), existed, "deleted from DVCR");
+    Ok(Action::await_change())
+}
+
+/// The DVCR repository of a ClusterVirtualImage.
+pub fn repository(cvi: &ClusterVirtualImage) -> String {
+    format!("cvi/{}", cvi.name_any())
+}
+
+/// One import of one generation of one image, from the queue to Ready or Failed.
+async fn import_task(
+    ctx: Arc<Context>,
+    cvi: Arc<ClusterVirtualImage>,
+    generation: i64,
+    cancel: CancellationToken,
+) {
+    let name = cvi.name_any();
+    let uid = cvi.uid().unwrap_or_default();
+    let mut writer = StatusWriter::new(ctx.clone(), &cvi, generation);
+    let outcome = tokio::select! {
+        outcome = run_import(&ctx, &cvi, &mut writer, &cancel) => outcome,
+        _ = cancel.cancelled() => Err(ImportError::Cancelled),
+    };
+    match outcome {
+        Err(ImportError::Cancelled) => {
+            tracing::info!(image = %name, generation, "import cancelled");
+            return;
+        }
+        Ok(stored) => {
+            ctx.metrics.imports_succeeded.inc();
+            let state = ImportState::Stored(stored_image(&stored));
+            writer.write_final(&state).await;
+            ctx.publish(
+                &cvi,
+                EventType::Normal,
+                "ImageReady",
+                &format!("Stored in DVCR as {}", stored.registry_url),
+            )
+            .await;
+            tracing::info!(image = %name, url = %stored.registry_url, format = %stored.info.format, "image ready");
+        }
+        Err(error) => {
+            ctx.metrics.count_failure(error.reason());
+            let problem = problem(&error);
+            writer
+                .write_final(&ImportState::Failed(problem.clone()))
+                .await;
+            ctx.publish(&cvi, EventType::Warning, &problem.reason, &problem.message)
+                .await;
+            tracing::warn!(image = %name, reason = %problem.reason, message = %problem.message, "import failed");
+        }
+    }
+    ctx.mark_finished(&uid, generation);
+}
+
+impl Context {
+    async fn publish(&self, cvi: &ClusterVirtualImage, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.chars().take(128).collect(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Import".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &cvi.object_ref(&())).await {
+            tracing::debug!(%error, "publishing an event failed");
+        }
+    }
+}
+
+fn problem(error: &ImportError) -> Problem {
+    Problem {
+        reason: error.reason().to_string(),
+        message: error.to_string(),
+        source_fault: error.is_source_fault(),
+    }
+}
+
+fn stored_image(stored: &StoredImport) -> StoredImage {
+    StoredImage {
+        registry_url: stored.registry_url.clone(),
+        format: stored.info.format.to_string(),
+        cdrom: stored.info.cdrom,
+        stored_size: stored.stored_size,
+        virtual_size: stored.info.virtual_size,
+        source_uid: None,
+    }
+}
+
+/// Waits for an import slot, then imports with retries after transient failures.
+async fn run_import(
+    ctx: &Context,
+    cvi: &ClusterVirtualImage,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<StoredImport, ImportError> {
+    let source = &cvi.spec.data_source;
+    let http = match (source.type_, &source.http) {
+        (DataSourceType::Http, Some(http)) => http.clone(),
+        (type_, _) => {
+            writer
+                .write_now(&ImportState::Waiting {
+                    reason: "SourceTypeNotSupported".into(),
+                    message: format!(
+                        "This controller does not import {type_} sources yet; the image stays Pending until a controller that does handles it."
+                    ),
+                })
+                .await;
+            // Parks the task until the spec changes or the image goes away.
+            cancel.cancelled().await;
+            return Err(ImportError::Cancelled);
+        }
+    };
+    let permit = match ctx.slots.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            ctx.metrics.imports_queued.inc();
+            writer
+                .write_now(&ImportState::Waiting {
+                    reason: "WaitingForImportSlot".into(),
+                    message: format!(
+                        "{} imports already run (--max-concurrent-imports); this one starts when one of them ends.",
+                        ctx.settings.max_concurrent_imports
+                    ),
+                })
+                .await;
+            let permit = ctx.slots.clone().acquire_owned().await;
+            ctx.metrics.imports_queued.dec();
+            permit.map_err(|_| ImportError::Cancelled)?
+        }
+    };
+    ctx.metrics.imports_in_flight.inc();
+    ctx.publish(
+        cvi,
+        EventType::Normal,
+        "ImportStarted",
+        &format!("Importing from {}", redact_url(&http.url)),
+    )
+    .await;
+    let _in_flight = scopeguard(|| {
+        ctx.metrics.imports_in_flight.dec();
+        drop(permit);
+    });
+
+    let request = ImportRequest {
+        repository: repository(cvi),
+        tag: cvi.uid().unwrap_or_default(),
+        checksum: http.checksum.clone(),
+    };
+    let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        let progress = LiveProgress::default();
+        writer.begin_transfer(&progress);
+        let result = {
+            let import = http_import::import(
+                &ctx.dvcr,
+                &ctx.settings.pipeline,
+                &ctx.settings.http,
+                &request,
+                &http,
+                &progress,
+                cancel,
+            );
+            tokio::pin!(import);
+            let mut ticker = tokio::time::interval(ctx.settings.status_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    result = &mut import => break result,
+                    _ = ticker.tick() => writer.write_transfer(&progress, None).await,
+                }
+            }
+        };
+        ctx.metrics.bytes_imported.inc_by(progress.received());
+        match result {
+            Ok(stored) => {
+                ctx.metrics
+                    .import_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(stored);
+            }
+            Err(error) if error.is_transient() && attempt < ctx.settings.max_attempts => {
+                let problem = problem(&error);
+                tracing::info!(image = %cvi.name_any(), attempt, reason = %problem.reason, "transient failure; retrying");
+                writer.write_transfer(&progress, Some(problem)).await;
+                let backoff = ctx
+                    .settings
+                    .retry_backoff
+                    .saturating_mul(1 << (attempt - 1).min(6));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+                }
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Writes the status of one import: the pure `next_status` decides, this only writes when the
+/// result differs from what was written last.
+struct StatusWriter {
+    ctx: Arc<Context>,
+    name: String,
+    generation: i64,
+    written: ImageStatus,
+    transfer_started: Instant,
+    last_sample: (Instant, u64),
+}
+
+impl StatusWriter {
+    fn new(ctx: Arc<Context>, cvi: &ClusterVirtualImage, generation: i64) -> Self {
+        let mut written = cvi.status.clone().unwrap_or_default();
+        if written.observed_generation != Some(generation) {
+            // A new spec is a new import: its progress starts from zero.
+            written.progress = None;
+            written.size = None;
+            written.download_speed = None;
+        }
+        Self {
+            ctx,
+            name: cvi.name_any(),
+            generation,
+            written,
+            transfer_started: Instant::now(),
+            last_sample: (Instant::now(), 0),
+        }
+    }
+
+    fn begin_transfer(&mut self, _progress: &LiveProgress) {
+        self.transfer_started = Instant::now();
+        self.last_sample = (self.transfer_started, 0);
+    }
+
+    async fn write_transfer(&mut self, progress: &LiveProgress, problem: Option<Problem>) {
+        let now = Instant::now();
+        let received = progress.received();
+        let (sampled_at, sampled_bytes) = self.last_sample;
+        self.last_sample = (now, received);
+        let transfer = Transfer {
+            received,
+            total: progress.total(),
+            speed: speed(
+                received,
+                now - self.transfer_started,
+                received.saturating_sub(sampled_bytes),
+                now - sampled_at,
+            ),
+        };
+        let state = match problem {
+            Some(problem) => ImportState::Retrying { transfer, problem },
+            None => ImportState::Transferring(transfer),
+        };
+        self.write_now(&state).await;
+    }
+
+    async fn write_now(&mut self, state: &ImportState) {
+        let next = next_status(&self.written, self.generation, state, &now());
+        if next == self.written {
+            return;
+        }
+        match write_status(&self.ctx.client, &self.name, &next).await {
+            Ok(()) => self.written = next,
+            Err(error) => {
+                tracing::warn!(image = %self.name, %error, "writing the status failed; the next write retries")
+            }
+        }
+    }
+
+    /// The last write of an import: retried, since nothing would write it later.
+    async fn write_final(&mut self, state: &ImportState) {
+        let next = next_status(&self.written, self.generation, state, &now());
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..8 {
+            match write_status(&self.ctx.client, &self.name, &next).await {
+                Ok(()) => {
+                    self.written = next;
+                    return;
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => return,
+                Err(error) => {
+                    tracing::warn!(image = %self.name, %error, "writing the final status failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Applies the status with server-side apply: the fields this controller owns are exactly the
+/// ones it writes, and conditions other managers own (verification) stay untouched.
+async fn write_status(
+    client: &Client,
+    name: &str,
+    status: &ImageStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
+    let mut status = status.clone();
+    status
+        .conditions
+        .retain(|c| c.type_ == DATASOURCE_READY || c.type_ == READY);
+    let patch = serde_json::json!({
+        "apiVersion": ClusterVirtualImage::api_version(&()),
+        "kind": ClusterVirtualImage::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,76 @@
+//! HTTP and HTTPS sources feed the pipeline through `HttpDownload`, which hides interrupted
+//! connections behind range requests; a file that changed under its URL starts over.
+
+use base64::Engine;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::HttpSource;
+use crate::dvcr::Dvcr;
+use crate::import::pipeline::{
+    self, ByteSource, ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
+};
+use crate::import::source::http::{HttpDownload, HttpSourceOptions};
+use crate::import::source::{SourceError, SourceErrorKind};
+
+/// How often a file may change under its URL during one import before the import gives up.
+const MAX_RESTARTS: u32 = 3;
+
+impl ByteSource for HttpDownload {
+    fn file_name(&self) -> String {
+        HttpDownload::file_name(self)
+    }
+    fn content_length(&self) -> Option<u64> {
+        HttpDownload::content_length(self)
+    }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
+        HttpDownload::next_chunk(self).await
+    }
+}
+
+/// Imports the file behind an HTTP(S) URL.
+pub async fn import(
+    dvcr: &Dvcr,
+    settings: &PipelineSettings,
+    options: &HttpSourceOptions,
+    request: &ImportRequest,
+    source: &HttpSource,
+    progress: &LiveProgress,
+    cancel: &CancellationToken,
+) -> Result<StoredImport, ImportError> {
+    let ca_bundle = source
+        .ca_bundle
+        .as_deref()
+        .map(decode_ca_bundle)
+        .transpose()?;
+    let mut restarts = 0;
+    loop {
+        let download = tokio::select! {
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+            download = HttpDownload::open(&source.url, ca_bundle.as_deref(), options.clone()) => download?,
+        };
+        match pipeline::store(dvcr, settings, request, download, progress, cancel).await {
+            Err(error) if error.needs_restart() && restarts < MAX_RESTARTS => {
+                restarts += 1;
+                tracing::info!(
+                    restarts,
+                    "the source changed or cannot resume; starting the import over"
+                );
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The caBundle of the spec is base64 of a PEM chain.
+fn decode_ca_bundle(encoded: &str) -> Result<Vec<u8>, ImportError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|error| {
+            ImportError::Source(SourceError {
+                kind: SourceErrorKind::Permanent,
+                reason: "InvalidCABundle",
+                message: format!("http.caBundle is not valid base64 ({error}); put the base64 of a PEM certificate chain there"),
+            })
+        })
+}

@@ -1,0 +1,409 @@
+//! The status an image should have, computed from what its import is doing. Pure: the
+//! controller reads the image, asks this module for the next status and writes it only when it
+//! differs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::status::condition::{DATASOURCE_READY, READY};
+use crate::api::{DownloadSpeed, ImagePhase, ImageSize, ImageStatus, ImageTarget};
+
+use super::progress::{self, Speed};
+
+/// Bytes moved so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub received: u64,
+    /// The size of the file when the source announced it.
+    pub total: Option<u64>,
+    pub speed: Speed,
+}
+
+/// What is known about an image once it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    pub registry_url: String,
+    pub format: String,
+    pub cdrom: bool,
+    pub stored_size: u64,
+    pub virtual_size: u64,
+    /// The image or disk this one was made from.
+    pub source_uid: Option<String>,
+}
+
+/// Why an import went wrong, as the conditions will say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase condition reason.
+    pub reason: String,
+    /// What was wrong and what to do.
+    pub message: String,
+    /// Whether the source is at fault (unreachable, refused, not found), rather than the bytes
+    /// it served or DVCR.
+    pub source_fault: bool,
+}
+
+/// Where an image's import stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportState {
+    /// Waiting for something before the import can start (a free import slot, a dependency).
+    Waiting { reason: String, message: String },
+    /// Bytes are flowing from the source into DVCR.
+    Transferring(Transfer),
+    /// A transient failure; the import tries again by itself.
+    Retrying {
+        transfer: Transfer,
+        problem: Problem,
+    },
+    /// The image is stored and tagged in DVCR.
+    Stored(StoredImage),
+    /// The import failed for good; only a spec change starts it again.
+    Failed(Problem),
+    /// The image is being deleted.
+    Terminating,
+}
+
+/// The status for `state`, carrying over what must persist from `previous` (condition
+/// transition times, progress that must not move backwards, facts already discovered).
+pub fn next_status(
+    previous: &ImageStatus,
+    generation: i64,
+    state: &ImportState,
+    now: &Time,
+) -> ImageStatus {
+    let mut status = ImageStatus {
+        conditions: previous.conditions.clone(),
+        observed_generation: Some(generation),
+        ..Default::default()
+    };
+    let mut condition = |type_: &str, ok: Option<bool>, reason: &str, message: &str| {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        )
+    };
+    match state {
+        ImportState::Waiting { reason, message } => {
+            condition(DATASOURCE_READY, None, reason, message);
+            condition(READY, Some(false), reason, message);
+            status.phase = Some(ImagePhase::Pending);
+        }
+        ImportState::Transferring(transfer) => {
+            condition(
+                DATASOURCE_READY,
+                Some(true),
+                "SourceReachable",
+                "The source answers and the download runs.",
+            );
+            condition(
+                READY,
+                Some(false),
+                "Provisioning",
+                &transfer_message(transfer),
+            );
+            status.phase = Some(ImagePhase::Provisioning);
+            apply_transfer(&mut status, previous, transfer);
+        }
+        ImportState::Retrying { transfer, problem } => {
+            condition(
+                DATASOURCE_READY,
+                if problem.source_fault {
+                    Some(false)
+                } else {
+                    Some(true)
+                },
+                &problem.reason,
+                &problem.message,
+            );
+            condition(
+                READY,
+                Some(false),
+                "Retrying",
+                &format!("{} Retrying with back-off.", problem.message),
+            );
+            status.phase = Some(ImagePhase::Provisioning);
+            apply_transfer(&mut status, previous, transfer);
+        }
+        ImportState::Stored(image) => {
+            condition(
+                DATASOURCE_READY,
+                Some(true),
+                "SourceReachable",
+                "The image was read from its source.",
+            );
+            condition(
+                READY,
+                Some(true),
+                "Ready",
+                &format!("The image is stored in DVCR as {}.", image.registry_url),
+            );
+            status.phase = Some(ImagePhase::Ready);
+            status.progress = Some(progress::DONE_PERCENT.to_string());
+            status.format = Some(image.format.clone());
+            status.cdrom = image.cdrom;
+            status.size = Some(ImageSize {
+                stored: Some(progress::human_size(image.stored_size)),
+                stored_bytes: Some(image.stored_size.to_string()),
+                unpacked: Some(progress::human_size(image.virtual_size)),
+                unpacked_bytes: Some(image.virtual_size.to_string()),
+            });
+            status.target = Some(ImageTarget {
+                registry_url: Some(image.registry_url.clone()),
+            });
+            status.source_uid = image.source_uid.clone();
+        }
+        ImportState::Failed(problem) => {
+            if problem.source_fault {
+                condition(
+                    DATASOURCE_READY,
+                    Some(false),
+                    &problem.reason,
+                    &problem.message,
+                );
+            }
+            condition(READY, Some(false), &problem.reason, &problem.message);
+            // Nothing is stored after a failure: no progress, sizes or format to show.
+            status.phase = Some(ImagePhase::Failed);
+        }
+        ImportState::Terminating => {
+            status = ImageStatus {
+                phase: Some(ImagePhase::Terminating),
+                ..previous.clone()
+            };
+            status.download_speed = None;
+        }
+    }
+    status
+}
+
+fn transfer_message(transfer: &Transfer) -> String {
+    let received = progress::human_size(transfer.received);
+    match transfer.total {
+        Some(total) => format!(
+            "Downloading: {received} of {} at {}.",
+            progress::human_size(total),
+            progress::human_speed(transfer.speed.current)
+        ),
+        None => format!(
+            "Downloading: {received} at {}.",
+            progress::human_speed(transfer.speed.current)
+        ),
+    }
+}
+
+fn apply_transfer(status: &mut ImageStatus, previous: &ImageStatus, transfer: &Transfer) {
+    status.progress = match transfer.total {
+        Some(total) => Some(progress::never_backwards(
+            previous.progress.as_deref(),
+            progress::in_flight_percent(transfer.received, total),
+        )),
+        None => previous.progress.clone(),
+    };
+    status.download_speed = Some(DownloadSpeed {
+        avg: Some(progress::human_speed(transfer.speed.average)),
+        avg_bytes: Some(transfer.speed.average.to_string()),
+        current: Some(progress::human_speed(transfer.speed.current)),
+        current_bytes: Some(transfer.speed.current.to_string()),
+    });
+    status.size = Some(ImageSize {
+        stored: Some(progress::human_size(transfer.received)),
+        stored_bytes: Some(transfer.received.to_string()),
+        ..Default::default()
+    });
+}
+
+/// Sets one condition, keeping its transition time when its status did not change.
+/// `ok: None` means Unknown.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: &Time,
+) {
+    let status = match ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: Some(generation),
+        last_transition_time,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// The condition of `type_`, if set.
+pub fn condition<'a>(status: &'a ImageStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn transfer(received: u64, total: u64) -> Transfer {
+        Transfer {
+            received,
+            total: Some(total),
+            speed: Speed {
+                average: 1024 * 1024,
+                current: 2 * 1024 * 1024,
+            },
+        }
+    }
+
+    #[test]
+    fn a_running_download_shows_progress_speed_and_stored_size() {
+        let status = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Transferring(transfer(282, 1000)),
+            &time(10),
+        );
+        assert_eq!(status.phase, Some(ImagePhase::Provisioning));
+        assert_eq!(status.progress.as_deref(), Some("28.2%"));
+        let speed = status.download_speed.unwrap();
+        assert_eq!(speed.avg.as_deref(), Some("1Mi/s"));
+        assert_eq!(speed.current_bytes.as_deref(), Some("2097152"));
+        assert_eq!(status.size.unwrap().stored_bytes.as_deref(), Some("282"));
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Provisioning")
+        );
+        assert_eq!(status.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn a_restarted_download_does_not_move_progress_backwards() {
+        let before = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Transferring(transfer(500, 1000)),
+            &time(10),
+        );
+        let after = next_status(
+            &before,
+            1,
+            &ImportState::Transferring(transfer(100, 1000)),
+            &time(12),
+        );
+        assert_eq!(after.progress.as_deref(), Some("50.0%"));
+    }
+
+    #[test]
+    fn a_stored_image_is_ready_with_its_facts_and_no_speed() {
+        let running = next_status(
+            &ImageStatus::default(),
+            3,
+            &ImportState::Transferring(transfer(1, 2)),
+            &time(10),
+        );
+        let stored = StoredImage {
+            registry_url: "dvcr:5000/cvi/a:uid".into(),
+            format: "iso".into(),
+            cdrom: true,
+            stored_size: 209_190_912,
+            virtual_size: 209_190_912,
+            source_uid: None,
+        };
+        let status = next_status(&running, 3, &ImportState::Stored(stored), &time(20));
+        assert_eq!(status.phase, Some(ImagePhase::Ready));
+        assert_eq!(status.progress.as_deref(), Some("100%"));
+        assert!(status.cdrom);
+        assert_eq!(
+            status.size.as_ref().unwrap().unpacked.as_deref(),
+            Some("199.5Mi")
+        );
+        assert_eq!(status.download_speed, None);
+        assert_eq!(
+            status.target.unwrap().registry_url.as_deref(),
+            Some("dvcr:5000/cvi/a:uid")
+        );
+        let ready = condition_of(&status.conditions, READY);
+        assert_eq!(ready.status, "True");
+        assert_eq!(ready.last_transition_time, time(20));
+        // DatasourceReady was already True: its transition time stays.
+        assert_eq!(
+            condition_of(&status.conditions, DATASOURCE_READY).last_transition_time,
+            time(10)
+        );
+    }
+
+    #[test]
+    fn a_failure_names_its_reason_in_ready_and_blames_the_source_only_when_it_is_at_fault() {
+        let problem = Problem {
+            reason: "ChecksumMismatch".into(),
+            message: "sha256 differs".into(),
+            source_fault: false,
+        };
+        let status = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Failed(problem),
+            &time(5),
+        );
+        assert_eq!(status.phase, Some(ImagePhase::Failed));
+        assert_eq!(
+            condition_of(&status.conditions, READY).reason,
+            "ChecksumMismatch"
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != DATASOURCE_READY)
+        );
+
+        let problem = Problem {
+            reason: "SourceNotFound".into(),
+            message: "404".into(),
+            source_fault: true,
+        };
+        let status = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Failed(problem),
+            &time(5),
+        );
+        assert_eq!(
+            condition_of(&status.conditions, DATASOURCE_READY).status,
+            "False"
+        );
+    }
+
+    #[test]
+    fn the_same_state_twice_gives_the_same_status() {
+        let state = ImportState::Transferring(transfer(10, 100));
+        let first = next_status(&ImageStatus::default(), 1, &state, &time(1));
+        let second = next_status(&first, 1, &state, &time(9));
+        assert_eq!(first, second);
+    }
+
+    fn condition_of<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics of the daemon, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub imports_in_flight: Gauge,
+    pub imports_queued: Gauge,
+    pub bytes_imported: Counter,
+    pub import_duration_seconds: Histogram,
+    pub import_failures: Family<ReasonLabel, Counter>,
+    pub imports_succeeded: Counter,
+    pub reconcile_errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("image_catalog");
+        let imports_in_flight = Gauge::default();
+        registry.register(
+            "imports_in_flight",
+            "Imports moving bytes right now",
+            imports_in_flight.clone(),
+        );
+        let imports_queued = Gauge::default();
+        registry.register(
+            "imports_queued",
+            "Imports waiting for a free import slot",
+            imports_queued.clone(),
+        );
+        let bytes_imported = Counter::default();
+        registry.register(
+            "imported_bytes",
+            "Bytes received from image sources",
+            bytes_imported.clone(),
+        );
+        // 1 s to about 4.5 hours.
+        let import_duration_seconds = Histogram::new(exponential_buckets(1.0, 2.0, 15));
+        registry.register(
+            "import_duration_seconds",
+            "Duration of successful imports, from the first byte requested to the tagged image",
+            import_duration_seconds.clone(),
+        );
+        let import_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "import_failures",
+            "Imports that ended in Failed, by condition reason",
+            import_failures.clone(),
+        );
+        let imports_succeeded = Counter::default();
+        registry.register(
+            "imports_succeeded",
+            "Imports that ended in Ready",
+            imports_succeeded.clone(),
+        );
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error kind",
+            reconcile_errors.clone(),
+        );
+        Self {
+            registry,
+            imports_in_flight,
+            imports_queued,
+            bytes_imported,
+            import_duration_seconds,
+            import_failures,
+            imports_succeeded,
+            reconcile_errors,
+        }
+    }
+
+    pub fn count_failure(&self, reason: &str) {
+        self.import_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_reconcile_error(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_by_reason() {
+        let metrics = Metrics::new();
+        metrics.count_failure("ChecksumMismatch");
+        metrics.count_failure("ChecksumMismatch");
+        metrics.count_failure("SourceNotFound");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"image_catalog_import_failures_total{reason="ChecksumMismatch"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"image_catalog_import_failures_total{reason="SourceNotFound"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("image_catalog_imports_in_flight 0"), "{text}");
+    }
+}

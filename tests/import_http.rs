@@ -1,0 +1,788 @@
+//! End to end: ClusterVirtualImages with HTTP(S) sources, imported by the real controller
+//! binary into the real DVCR, against the real apiserver. Images are real: made by qemu-img,
+//! ISO images from Debian packages, compressed with gzip and xz. What is stored is read back
+//! with skopeo and compared byte for byte with the source.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::file_server::{Behavior, FileServer};
+use common::{TestEnv, testenv, wait_for};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const SUITE_LABEL: &str = "image-catalog.test/suite";
+const SUITE: &str = "import-http";
+
+struct World {
+    env: &'static TestEnv,
+    metrics_port: u16,
+    images: PathBuf,
+    http: FileServer,
+    https: FileServer,
+    _controller: Controller,
+    _dir: tempfile::TempDir,
+}
+
+/// The controller binary, stopped when the test process ends: it runs under a shell that
+/// waits on a pipe only this process holds, so the pipe closing (the test binary exiting,
+/// however it exits) makes the shell kill it.
+struct Controller(#[allow(dead_code)] Child);
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let env = testenv();
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        make_images(&images);
+        let http = FileServer::start(&images);
+        let https = FileServer::start_https(&images);
+        let metrics_port = free_port();
+        let controller = start_controller(env, dir.path(), metrics_port);
+        World {
+            env,
+            metrics_port,
+            images,
+            http,
+            https,
+            _controller: controller,
+            _dir: dir,
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the daemon as the ServiceAccount of deploy/rbac.yaml: the shipped roles must suffice.
+fn start_controller(env: &TestEnv, dir: &Path, port: u16) -> Controller {
+    let log = dir.join("controller.log");
+    let kubeconfig = env.daemon_kubeconfig(dir);
+    let command = format!(
+        "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{port} \
+         --max-concurrent-imports 6 --max-import-attempts 2 >'{log}' 2>&1 & pid=$!; read _; kill $pid",
+        bin = env!("CARGO_BIN_EXE_image-catalog"),
+        log = log.display(),
+    );
+    eprintln!("controller log: {}", log.display());
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(&env.vars)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,image_catalog=debug")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the controller starts");
+    Controller(child)
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn write_random(path: &Path, random: usize, zeros: usize) {
+    let mut bytes = vec![0u8; random + zeros];
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for byte in &mut bytes[..random] {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Real images: qemu-img formats from one raw disk, ISO images from Debian packages, and
+/// compressed variants (some named without an extension: detection is by content).
+fn make_images(dir: &Path) {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    write_random(&dir.join("disk.raw"), 3 << 20, 5 << 20);
+    for (format, name) in [
+        ("qcow2", "disk.qcow2"),
+        ("vmdk", "disk.vmdk"),
+        ("vdi", "disk.vdi"),
+    ] {
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                format,
+                &p("disk.raw"),
+                &p(name),
+            ],
+        );
+    }
+    for (iso, name) in [
+        (
+            "/usr/lib/grub-rescue/grub-rescue-cdrom.iso",
+            "grub-rescue-cdrom.iso",
+        ),
+        ("/usr/lib/ipxe/ipxe.iso", "ipxe.iso"),
+    ] {
+        std::fs::copy(iso, dir.join(name))
+            .unwrap_or_else(|e| panic!("{iso} (Debian packages grub-rescue-pc, ipxe): {e}"));
+    }
+    let compress = |tool: &str, from: &str, to: &str| {
+        let output = Command::new(tool).args(["-c", &p(from)]).output().unwrap();
+        assert!(output.status.success());
+        std::fs::write(dir.join(to), output.stdout).unwrap();
+    };
+    compress("gzip", "disk.qcow2", "disk.qcow2.gz");
+    compress("xz", "disk.raw", "disk.raw.xz");
+    compress("gzip", "ipxe.iso", "ipxe-iso-gzip-without-extension");
+    compress("xz", "disk.vmdk", "disk.vmdk.xz");
+    compress("gzip", "disk.raw", "disk.raw.gz");
+
+    run(
+        "qemu-img",
+        &["create", "-f", "qcow2", &p("base.qcow2"), "16M"],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            &p("overlay.qcow2"),
+        ],
+    );
+    let xz = std::fs::read(dir.join("disk.raw.xz")).unwrap();
+    std::fs::write(dir.join("truncated.raw.xz"), &xz[..xz.len() / 2]).unwrap();
+    write_random(&dir.join("cut.raw"), 16 << 20, 0);
+    write_random(&dir.join("slow.raw"), 4 << 20, 0);
+    write_random(&dir.join("other.raw"), 1 << 20, 0);
+}
+
+/// What `qemu-img info` says of a file: (format, virtual size).
+fn qemu_img_info(path: &Path) -> (String, u64) {
+    let output = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&output.stdout).unwrap();
+    (
+        info["format"].as_str().unwrap().to_string(),
+        info["virtual-size"].as_u64().unwrap(),
+    )
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn cvi_manifest(name: &str, http: Value) -> String {
+    serde_json::json!({
+        "apiVersion": "virtualization.deckhouse.io/v1alpha2",
+        "kind": "ClusterVirtualImage",
+        "metadata": {"name": name, "labels": {SUITE_LABEL: SUITE}},
+        "spec": {"dataSource": {"type": "HTTP", "http": http}},
+    })
+    .to_string()
+}
+
+fn create(env: &TestEnv, name: &str, http: Value) {
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "cvi",
+            name,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .output();
+    let output = env.kubectl_with_input(&["create", "-f", "-"], &cvi_manifest(name, http));
+    assert!(
+        output.status.success(),
+        "creating {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn get(env: &TestEnv, name: &str) -> Option<Value> {
+    let output = env
+        .kubectl()
+        .args(["get", "cvi", name, "-o", "json"])
+        .output()
+        .unwrap();
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).unwrap())
+}
+
+fn phase(cvi: &Value) -> &str {
+    cvi["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// Waits until the image is Ready or Failed and returns it.
+fn settled(env: &TestEnv, name: &str) -> Value {
+    wait_for(
+        &format!("{name} to be Ready or Failed"),
+        Duration::from_secs(180),
+        || get(env, name).filter(|cvi| matches!(phase(cvi), "Ready" | "Failed")),
+    )
+}
+
+fn ready_condition(cvi: &Value) -> (String, String) {
+    let condition = cvi["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        condition["reason"].as_str().unwrap_or("").to_string(),
+        condition["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn skopeo_auth(env: &TestEnv) -> Vec<String> {
+    let ca_dir = Path::new(env.var("DVCR_CA_FILE"))
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    vec![
+        format!(
+            "--creds={}:{}",
+            env.var("DVCR_USERNAME"),
+            env.var("DVCR_PASSWORD")
+        ),
+        format!("--cert-dir={ca_dir}"),
+    ]
+}
+
+/// Whether DVCR holds a manifest under the image's registry URL.
+fn dvcr_has(env: &TestEnv, reference: &str) -> bool {
+    let mut args = vec!["inspect".to_string(), "--raw".to_string()];
+    args.extend(skopeo_auth(env));
+    args.push(format!("docker://{reference}"));
+    Command::new("skopeo")
+        .args(&args)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Reads the image back from DVCR with skopeo: (file name under disk/, its sha256, labels).
+fn read_back(env: &TestEnv, reference: &str) -> (String, String, Value) {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["copy".to_string()];
+    args.extend(skopeo_auth(env).into_iter().map(|a| {
+        a.replace("--creds", "--src-creds")
+            .replace("--cert-dir", "--src-cert-dir")
+    }));
+    args.push(format!("docker://{reference}"));
+    args.push(format!("dir:{}", out.path().display()));
+    let output = Command::new("skopeo").args(&args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer");
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let blob = |digest: &Value| {
+        out.path()
+            .join(digest.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(blob(&manifest["config"]["digest"])).unwrap())
+            .unwrap();
+    let mut archive = tar::Archive::new(std::fs::File::open(blob(&layers[0]["digest"])).unwrap());
+    let mut files = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if entry.header().entry_type().is_file() {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut entry, &mut hasher).unwrap();
+            files.push((path, hex::encode(hasher.finalize())));
+        } else {
+            assert_eq!(
+                path.trim_end_matches('/'),
+                "disk",
+                "only disk/ and its file"
+            );
+        }
+    }
+    assert_eq!(files.len(), 1, "exactly one file under disk/: {files:?}");
+    let (path, sha256) = files.remove(0);
+    let name = path
+        .strip_prefix("disk/")
+        .expect("the file is under disk/")
+        .to_string();
+    (name, sha256, config["config"]["Labels"].clone())
+}
+
+#[test]
+fn every_format_becomes_ready_with_what_qemu_img_sees_and_identical_bytes_in_dvcr() {
+    let world = world();
+    let env = world.env;
+    // (file, expected format, cdrom, the uncompressed original for qemu-img, over https)
+    let cases: [(&str, &str, bool, &str, bool); 11] = [
+        ("disk.qcow2", "qcow2", false, "disk.qcow2", false),
+        ("disk.vmdk", "vmdk", false, "disk.vmdk", true),
+        ("disk.vdi", "vdi", false, "disk.vdi", false),
+        ("disk.raw", "raw", false, "disk.raw", true),
+        (
+            "grub-rescue-cdrom.iso",
+            "iso",
+            true,
+            "grub-rescue-cdrom.iso",
+            false,
+        ),
+        ("ipxe.iso", "iso", true, "ipxe.iso", true),
+        ("disk.qcow2.gz", "qcow2", false, "disk.qcow2", false),
+        ("disk.raw.xz", "raw", false, "disk.raw", true),
+        (
+            "ipxe-iso-gzip-without-extension",
+            "iso",
+            true,
+            "ipxe.iso",
+            false,
+        ),
+        ("disk.vmdk.xz", "vmdk", false, "disk.vmdk", false),
+        ("disk.raw.gz", "raw", false, "disk.raw", false),
+    ];
+    let name_of = |file: &str| format!("fmt-{}", file.replace(['.', '_'], "-"));
+    for (file, _, _, _, https) in cases {
+        let mut http = serde_json::json!({"url": if https { world.https.url(file) } else { world.http.url(file) }});
+        if https {
+            http["caBundle"] = world.https.ca_bundle_base64().unwrap().into();
+        }
+        if file == "disk.raw" {
+            http["checksum"] = serde_json::json!({
+                "sha256": sha256_file(&world.images.join(file)).to_uppercase(),
+                "md5": hex::encode(md5::Md5::digest(std::fs::read(world.images.join(file)).unwrap())),
+            });
+        }
+        create(env, &name_of(file), http);
+    }
+    for (file, format, cdrom, original, _) in cases {
+        let name = name_of(file);
+        let cvi = settled(env, &name);
+        assert_eq!(phase(&cvi), "Ready", "{file}: {:?}", ready_condition(&cvi));
+        let status = &cvi["status"];
+        assert_eq!(status["format"], format, "{file}");
+        assert_eq!(status["cdrom"], cdrom, "{file}");
+        assert_eq!(status["progress"], "100%", "{file}");
+        let (qemu_format, virtual_size) = qemu_img_info(&world.images.join(original));
+        let expected_size = if format == "iso" || format == "raw" {
+            assert_eq!(qemu_format, "raw");
+            std::fs::metadata(world.images.join(original))
+                .unwrap()
+                .len()
+        } else {
+            assert_eq!(qemu_format, format);
+            virtual_size
+        };
+        assert_eq!(
+            status["size"]["unpackedBytes"],
+            expected_size.to_string(),
+            "{file}"
+        );
+        let stored = std::fs::metadata(world.images.join(file)).unwrap().len();
+        assert_eq!(status["size"]["storedBytes"], stored.to_string(), "{file}");
+
+        let uid = cvi["metadata"]["uid"].as_str().unwrap();
+        let reference = format!("{}/cvi/{name}:{uid}", env.dvcr_registry());
+        assert_eq!(status["target"]["registryURL"], reference);
+        let (stored_name, sha256, labels) = read_back(env, &reference);
+        assert_eq!(stored_name, file, "the file keeps its name");
+        assert_eq!(
+            sha256,
+            sha256_file(&world.images.join(file)),
+            "{file}: DVCR holds the bytes as received"
+        );
+        assert_eq!(labels["source-image-format"], format);
+        assert_eq!(
+            labels["source-image-virtual-size"],
+            expected_size.to_string()
+        );
+        assert_eq!(labels["source-image-size"], stored.to_string());
+    }
+}
+
+fn expect_failure(name: &str, http: Value, reason: &str) -> Value {
+    let world = world();
+    create(world.env, name, http);
+    let cvi = settled(world.env, name);
+    assert_eq!(phase(&cvi), "Failed", "{name}");
+    let (actual, message) = ready_condition(&cvi);
+    assert_eq!(actual, reason, "{name}: {message}");
+    let uid = cvi["metadata"]["uid"].as_str().unwrap();
+    assert!(
+        !dvcr_has(
+            world.env,
+            &format!("{}/cvi/{name}:{uid}", world.env.dvcr_registry())
+        ),
+        "{name}: a failed import leaves no tagged image"
+    );
+    cvi
+}
+
+#[test]
+fn a_checksum_mismatch_fails_for_good_and_tags_nothing() {
+    let world = world();
+    let cvi = expect_failure(
+        "checksum-mismatch",
+        serde_json::json!({"url": world.http.url("disk.qcow2"), "checksum": {"sha256": "0".repeat(64)}}),
+        "ChecksumMismatch",
+    );
+    assert!(ready_condition(&cvi).1.contains("sha256"));
+    assert_eq!(world.http.requests("/disk.qcow2").min(1), 1);
+}
+
+#[test]
+fn a_missing_file_fails_with_source_not_found() {
+    let world = world();
+    let cvi = expect_failure(
+        "not-found",
+        serde_json::json!({"url": world.http.url("no-such.qcow2")}),
+        "SourceNotFound",
+    );
+    let datasource = cvi["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DatasourceReady")
+        .cloned()
+        .unwrap();
+    assert_eq!(datasource["status"], "False");
+}
+
+#[test]
+fn https_with_the_wrong_ca_fails_with_a_tls_reason() {
+    let world = world();
+    let other = FileServer::start_https(&world.images);
+    expect_failure(
+        "wrong-ca",
+        serde_json::json!({"url": world.https.url("disk.qcow2"), "caBundle": other.ca_bundle_base64().unwrap()}),
+        "SourceTLSError",
+    );
+}
+
+#[test]
+fn a_qcow2_with_a_backing_file_is_refused() {
+    let world = world();
+    let cvi = expect_failure(
+        "backing-file",
+        serde_json::json!({"url": world.http.url("overlay.qcow2")}),
+        "UnsafeImage",
+    );
+    assert!(
+        ready_condition(&cvi).1.contains("backing"),
+        "{:?}",
+        ready_condition(&cvi)
+    );
+}
+
+#[test]
+fn a_truncated_xz_fails() {
+    let world = world();
+    expect_failure(
+        "truncated-xz",
+        serde_json::json!({"url": world.http.url("truncated.raw.xz")}),
+        "CorruptImage",
+    );
+}
+
+#[test]
+fn a_connection_cut_mid_file_resumes_without_fetching_the_file_twice() {
+    let world = world();
+    world
+        .http
+        .set_behavior("/cut.raw", Behavior::default().cut_after(5 << 20, 2));
+    create(
+        world.env,
+        "cut-mid-file",
+        serde_json::json!({"url": world.http.url("cut.raw")}),
+    );
+    let cvi = settled(world.env, "cut-mid-file");
+    assert_eq!(phase(&cvi), "Ready", "{:?}", ready_condition(&cvi));
+    let size = std::fs::metadata(world.images.join("cut.raw"))
+        .unwrap()
+        .len();
+    let sent = world.http.bytes_sent("/cut.raw");
+    assert!(
+        sent as f64 <= size as f64 * 1.1,
+        "fetched {sent} bytes of a {size}-byte file"
+    );
+    assert!(
+        world.http.stats("/cut.raw").range_requests >= 2,
+        "resumed with Range requests"
+    );
+    let uid = cvi["metadata"]["uid"].as_str().unwrap();
+    let (_, sha256, _) = read_back(
+        world.env,
+        &format!("{}/cvi/cut-mid-file:{uid}", world.env.dvcr_registry()),
+    );
+    assert_eq!(sha256, sha256_file(&world.images.join("cut.raw")));
+}
+
+#[test]
+fn a_spec_change_while_provisioning_restarts_the_import_with_the_new_source() {
+    let world = world();
+    let env = world.env;
+    world.http.set_behavior(
+        "/slow.raw",
+        Behavior::default().stall_after(1 << 20, u64::MAX),
+    );
+    create(
+        env,
+        "restart-on-change",
+        serde_json::json!({"url": world.http.url("slow.raw")}),
+    );
+    wait_for(
+        "the stalled import to show progress",
+        Duration::from_secs(60),
+        || {
+            get(env, "restart-on-change").filter(|cvi| {
+                phase(cvi) == "Provisioning"
+                    && cvi["status"]["progress"]
+                        .as_str()
+                        .is_some_and(|p| p != "0.0%")
+            })
+        },
+    );
+    let patch =
+        serde_json::json!({"spec": {"dataSource": {"http": {"url": world.http.url("other.raw")}}}})
+            .to_string();
+    env.kubectl_ok(&[
+        "patch",
+        "cvi",
+        "restart-on-change",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    let cvi = settled(env, "restart-on-change");
+    assert_eq!(phase(&cvi), "Ready", "{:?}", ready_condition(&cvi));
+    assert_eq!(
+        cvi["status"]["observedGeneration"],
+        cvi["metadata"]["generation"]
+    );
+    let uid = cvi["metadata"]["uid"].as_str().unwrap();
+    let (name, sha256, _) = read_back(
+        env,
+        &format!("{}/cvi/restart-on-change:{uid}", env.dvcr_registry()),
+    );
+    assert_eq!(name, "other.raw");
+    assert_eq!(sha256, sha256_file(&world.images.join("other.raw")));
+}
+
+#[test]
+fn the_spec_of_a_ready_image_is_frozen_while_its_metadata_stays_editable() {
+    let world = world();
+    let env = world.env;
+    create(
+        env,
+        "frozen-when-ready",
+        serde_json::json!({"url": world.http.url("disk.vdi")}),
+    );
+    assert_eq!(phase(&settled(env, "frozen-when-ready")), "Ready");
+    let patch =
+        serde_json::json!({"spec": {"dataSource": {"http": {"url": world.http.url("disk.vmdk")}}}})
+            .to_string();
+    let output = env
+        .kubectl()
+        .args([
+            "patch",
+            "cvi",
+            "frozen-when-ready",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a spec change of a Ready image is refused"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot change once it is Ready"),
+        "{stderr}"
+    );
+    env.kubectl_ok(&["label", "cvi", "frozen-when-ready", "team=platform"]);
+    env.kubectl_ok(&["annotate", "cvi", "frozen-when-ready", "note=kept"]);
+}
+
+#[test]
+fn deleting_an_image_removes_it_from_dvcr_before_the_resource_goes() {
+    let world = world();
+    let env = world.env;
+    create(
+        env,
+        "deleted-image",
+        serde_json::json!({"url": world.http.url("disk.qcow2")}),
+    );
+    let cvi = settled(env, "deleted-image");
+    assert_eq!(phase(&cvi), "Ready");
+    let reference = cvi["status"]["target"]["registryURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(dvcr_has(env, &reference));
+    assert!(
+        cvi["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "a finalizer guards the stored image"
+    );
+    env.kubectl_ok(&[
+        "delete",
+        "cvi",
+        "deleted-image",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert!(get(env, "deleted-image").is_none());
+    assert!(!dvcr_has(env, &reference), "the manifest is gone from DVCR");
+}
+
+fn metrics(port: u16) -> String {
+    let output = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "GET /metrics");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn metrics_count_imports_and_failures_by_reason_and_the_daemon_reports_ready() {
+    let world = world();
+    create(
+        world.env,
+        "metrics-ok",
+        serde_json::json!({"url": world.http.url("disk.vdi")}),
+    );
+    expect_failure(
+        "metrics-404",
+        serde_json::json!({"url": world.http.url("missing-for-metrics.img")}),
+        "SourceNotFound",
+    );
+    assert_eq!(phase(&settled(world.env, "metrics-ok")), "Ready");
+    let text = metrics(world.metrics_port);
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|line| line.starts_with(line_start))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} missing from:\n{text}"))
+    };
+    assert!(value("image_catalog_imports_succeeded_total") >= 1.0);
+    assert!(value(r#"image_catalog_import_failures_total{reason="SourceNotFound"}"#) >= 1.0);
+    assert!(value("image_catalog_imported_bytes_total") >= 1.0);
+    assert!(text.contains("image_catalog_import_duration_seconds_count"));
+    assert!(text.contains("image_catalog_imports_in_flight"));
+    let ready = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://127.0.0.1:{}/readyz", world.metrics_port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ready.status.success(),
+        "the daemon reports ready once it watches its images"
+    );
+}
+
+#[test]
+fn a_failure_is_announced_as_a_warning_event_on_the_image() {
+    let world = world();
+    expect_failure(
+        "event-on-failure",
+        serde_json::json!({"url": world.http.url("disk.qcow2"), "checksum": {"md5": "0".repeat(32)}}),
+        "ChecksumMismatch",
+    );
+    let events = wait_for("the warning event", Duration::from_secs(30), || {
+        let text = world.env.kubectl_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "--field-selector",
+            "regarding.name=event-on-failure",
+            "-o",
+            "json",
+        ]);
+        let events: Value = serde_json::from_str(&text).unwrap();
+        let items = events["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "ChecksumMismatch"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_source_without_content_length_is_imported_through_the_spool() {
+    let world = world();
+    world
+        .http
+        .set_behavior("/chunked/", Behavior::default().chunked());
+    std::fs::create_dir_all(world.images.join("chunked")).unwrap();
+    std::fs::copy(
+        world.images.join("disk.qcow2.gz"),
+        world.images.join("chunked/disk.qcow2.gz"),
+    )
+    .unwrap();
+    create(
+        world.env,
+        "chunked-source",
+        serde_json::json!({"url": world.http.url("chunked/disk.qcow2.gz")}),
+    );
+    let cvi = settled(world.env, "chunked-source");
+    assert_eq!(phase(&cvi), "Ready", "{:?}", ready_condition(&cvi));
+    assert_eq!(cvi["status"]["format"], "qcow2");
+    let uid = cvi["metadata"]["uid"].as_str().unwrap();
+    let (name, sha256, _) = read_back(
+        world.env,
+        &format!("{}/cvi/chunked-source:{uid}", world.env.dvcr_registry()),
+    );
+    assert_eq!(name, "disk.qcow2.gz");
+    assert_eq!(sha256, sha256_file(&world.images.join("disk.qcow2.gz")));
+}
