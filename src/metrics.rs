@@ -25,6 +25,8 @@ pub struct Metrics {
     pub import_duration_seconds: Histogram,
     pub import_failures: Family<ReasonLabel, Counter>,
     pub imports_succeeded: Counter,
+    pub copies_mounted: Counter,
+    pub copies_streamed: Counter,
     pub reconcile_errors: Family<KindLabel, Counter>,
 }
 
@@ -74,6 +76,18 @@ impl Metrics {
             "Imports that ended in Ready",
             imports_succeeded.clone(),
         );
+        let copies_mounted = Counter::default();
+        registry.register(
+            "copies_mounted",
+            "Images copied from another image by mounting its layer, without moving bytes",
+            copies_mounted.clone(),
+        );
+        let copies_streamed = Counter::default();
+        registry.register(
+            "copies_streamed",
+            "Images copied from another image by streaming, after DVCR declined a mount",
+            copies_streamed.clone(),
+        );
         let reconcile_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -88,6 +102,8 @@ impl Metrics {
             import_duration_seconds,
             import_failures,
             imports_succeeded,
+            copies_mounted,
+            copies_streamed,
             reconcile_errors,
         }
     }

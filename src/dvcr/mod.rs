@@ -460,6 +460,45 @@ impl Dvcr {
         })
     }
 
+    /// The bytes of the disk file of a stored image, streamed straight from its layer (a range
+    /// request past the two tar headers), for copies that cannot mount and for verification.
+    pub async fn disk_file_stream(
+        &self,
+        repository: &str,
+        image: &StoredImage,
+    ) -> Result<DiskFileStream, DvcrError> {
+        use oci_client::client::BlobResponse;
+        check_repository(repository)?;
+        let reference = self.reference(repository, "latest");
+        let name = format!(
+            "{}/{repository}@{}",
+            self.inner.registry, image.layer.digest
+        );
+        let response = self
+            .inner
+            .oci
+            .pull_blob_stream_partial(
+                &reference,
+                image.layer.digest.as_str(),
+                layout::HEADERS_LEN,
+                Some(image.file_size),
+            )
+            .await
+            .map_err(|e| not_found_as(DvcrError::from_oci("pull layer", e), &name))?;
+        // A registry that ignores Range sends the whole layer: skip the headers then.
+        let (skip, sized) = match response {
+            BlobResponse::Partial(sized) => (0, sized),
+            BlobResponse::Full(sized) => (layout::HEADERS_LEN, sized),
+        };
+        Ok(DiskFileStream {
+            stream: sized.stream,
+            skip,
+            remaining: image.file_size,
+            file_name: image.file_name.clone(),
+            file_size: image.file_size,
+        })
+    }
+
     /// The first two tar blocks of a layer (a range request: the layer may be gigabytes).
     async fn layer_headers(
         &self,
@@ -754,6 +793,54 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
         rest = &rest[end..];
     }
     blocks
+}
+
+/// The disk file of a stored image, as a stream of its bytes; see [`Dvcr::disk_file_stream`].
+pub struct DiskFileStream {
+    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    /// Bytes to drop before the file starts (when the registry ignored the range).
+    skip: u64,
+    /// File bytes still to come.
+    remaining: u64,
+    pub file_name: String,
+    pub file_size: u64,
+}
+
+impl DiskFileStream {
+    /// The next bytes of the file; `None` after exactly `file_size` bytes.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, DvcrError> {
+        use futures::StreamExt;
+        while self.remaining > 0 {
+            let Some(chunk) = self.stream.next().await else {
+                return Err(DvcrError::Unavailable {
+                    operation: "pull layer",
+                    status: None,
+                    message: format!(
+                        "the layer ended {} bytes before the end of the disk file",
+                        self.remaining
+                    ),
+                });
+            };
+            let mut chunk = chunk.map_err(|e| DvcrError::Unavailable {
+                operation: "pull layer",
+                status: None,
+                message: e.to_string(),
+            })?;
+            if self.skip > 0 {
+                let dropped = self.skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(dropped as usize);
+                self.skip -= dropped;
+            }
+            if chunk.len() as u64 > self.remaining {
+                chunk.truncate(self.remaining as usize);
+            }
+            if !chunk.is_empty() {
+                self.remaining -= chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

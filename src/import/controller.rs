@@ -22,6 +22,7 @@ use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus};
 use crate::dvcr::Dvcr;
 use crate::import::decide::{Decision, KnownImport, decide};
 use crate::import::http_import;
+use crate::import::object_ref::{self, CopyMethod, SourceImage, SourceState};
 use crate::import::pipeline::{
     ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
 };
@@ -311,8 +312,9 @@ async fn import_task(
         }
         Ok(stored) => {
             ctx.metrics.imports_succeeded.inc();
-            let state = ImportState::Stored(stored_image(&stored));
-            writer.write_final(&state).await;
+            writer
+                .write_final(&ImportState::Stored(stored.clone()))
+                .await;
             ctx.publish(
                 &cvi,
                 EventType::Normal,
@@ -320,7 +322,7 @@ async fn import_task(
                 &format!("Stored in DVCR as {}", stored.registry_url),
             )
             .await;
-            tracing::info!(image = %name, url = %stored.registry_url, format = %stored.info.format, "image ready");
+            tracing::info!(image = %name, url = %stored.registry_url, format = %stored.format, "image ready");
         }
         Err(error) => {
             ctx.metrics.count_failure(error.reason());
@@ -370,30 +372,131 @@ fn stored_image(stored: &StoredImport) -> StoredImage {
     }
 }
 
-/// Waits for an import slot, then imports with retries after transient failures.
+/// Imports the image from its source: waits for what it depends on and for an import slot,
+/// then runs the source's import.
 async fn run_import(
     ctx: &Context,
     cvi: &ClusterVirtualImage,
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
-) -> Result<StoredImport, ImportError> {
+) -> Result<StoredImage, ImportError> {
     let source = &cvi.spec.data_source;
-    let http = match (source.type_, &source.http) {
-        (DataSourceType::Http, Some(http)) => http.clone(),
-        (type_, _) => {
+    let request = ImportRequest {
+        repository: repository(cvi),
+        tag: cvi.uid().unwrap_or_default(),
+        checksum: None,
+    };
+    match (source.type_, &source.http, &source.object_ref) {
+        (DataSourceType::Http, Some(http), _) => {
+            let _slot = acquire_slot(ctx, writer, cancel).await?;
+            ctx.publish(
+                cvi,
+                EventType::Normal,
+                "ImportStarted",
+                &format!("Importing from {}", redact_url(&http.url)),
+            )
+            .await;
+            let request = ImportRequest {
+                checksum: http.checksum.clone(),
+                ..request
+            };
+            import_http(ctx, cvi, http, &request, writer, cancel)
+                .await
+                .map(|stored| stored_image(&stored))
+        }
+        (DataSourceType::ObjectRef, _, Some(reference)) => {
+            let source = wait_for_source(ctx, reference, writer, cancel).await?;
+            let _slot = acquire_slot(ctx, writer, cancel).await?;
+            ctx.publish(
+                cvi,
+                EventType::Normal,
+                "ImportStarted",
+                &format!("Copying {}", source.description),
+            )
+            .await;
+            let progress = LiveProgress::default();
+            writer.begin_transfer(&progress);
+            let (stored, method) = object_ref::copy(
+                &ctx.dvcr,
+                &ctx.settings.pipeline,
+                &request,
+                &source,
+                &progress,
+                cancel,
+            )
+            .await?;
+            match method {
+                CopyMethod::Mounted => ctx.metrics.copies_mounted.inc(),
+                CopyMethod::Streamed => ctx.metrics.copies_streamed.inc(),
+            };
+            Ok(stored)
+        }
+        (type_, _, _) => {
             writer
                 .write_now(&ImportState::Waiting {
                     reason: "SourceTypeNotSupported".into(),
                     message: format!(
                         "This controller does not import {type_} sources yet; the image stays Pending until a controller that does handles it."
                     ),
+                    source_blocked: false,
                 })
                 .await;
             // Parks the task until the spec changes or the image goes away.
             cancel.cancelled().await;
-            return Err(ImportError::Cancelled);
+            Err(ImportError::Cancelled)
         }
-    };
+    }
+}
+
+/// How often a missing or unready source image is looked at again.
+const SOURCE_POLL: Duration = Duration::from_secs(3);
+
+/// Waits until the source of an ObjectRef is Ready, showing why meanwhile.
+async fn wait_for_source(
+    ctx: &Context,
+    reference: &crate::api::ObjectRef,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<SourceImage, ImportError> {
+    loop {
+        match object_ref::resolve(&ctx.client, reference).await {
+            Ok(SourceState::Ready(source)) => return Ok(source),
+            Ok(SourceState::Waiting { reason, message }) => {
+                writer
+                    .write_now(&ImportState::Waiting {
+                        reason: reason.into(),
+                        message,
+                        source_blocked: true,
+                    })
+                    .await;
+            }
+            Err(error) => tracing::warn!(%error, "reading the source image failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SOURCE_POLL) => {}
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+        }
+    }
+}
+
+/// Holds an import slot until dropped.
+struct Slot<'a> {
+    metrics: &'a Metrics,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.metrics.imports_in_flight.dec();
+    }
+}
+
+/// Waits for one of the `--max-concurrent-imports` slots, showing Pending meanwhile.
+async fn acquire_slot<'a>(
+    ctx: &'a Context,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<Slot<'a>, ImportError> {
     let permit = match ctx.slots.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
@@ -405,31 +508,33 @@ async fn run_import(
                         "{} imports already run (--max-concurrent-imports); this one starts when one of them ends.",
                         ctx.settings.max_concurrent_imports
                     ),
+                    source_blocked: false,
                 })
                 .await;
-            let permit = ctx.slots.clone().acquire_owned().await;
+            let permit = tokio::select! {
+                permit = ctx.slots.clone().acquire_owned() => permit,
+                _ = cancel.cancelled() => { ctx.metrics.imports_queued.dec(); return Err(ImportError::Cancelled) }
+            };
             ctx.metrics.imports_queued.dec();
             permit.map_err(|_| ImportError::Cancelled)?
         }
     };
     ctx.metrics.imports_in_flight.inc();
-    ctx.publish(
-        cvi,
-        EventType::Normal,
-        "ImportStarted",
-        &format!("Importing from {}", redact_url(&http.url)),
-    )
-    .await;
-    let _in_flight = scopeguard(|| {
-        ctx.metrics.imports_in_flight.dec();
-        drop(permit);
-    });
+    Ok(Slot {
+        metrics: &ctx.metrics,
+        _permit: permit,
+    })
+}
 
-    let request = ImportRequest {
-        repository: repository(cvi),
-        tag: cvi.uid().unwrap_or_default(),
-        checksum: http.checksum.clone(),
-    };
+/// Imports from an HTTP(S) URL, retrying transient failures with back-off.
+async fn import_http(
+    ctx: &Context,
+    cvi: &ClusterVirtualImage,
+    http: &crate::api::HttpSource,
+    request: &ImportRequest,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<StoredImport, ImportError> {
     let started = Instant::now();
     let mut attempt = 1;
     loop {
@@ -440,8 +545,8 @@ async fn run_import(
                 &ctx.dvcr,
                 &ctx.settings.pipeline,
                 &ctx.settings.http,
-                &request,
-                &http,
+                request,
+                http,
                 &progress,
                 cancel,
             );
@@ -480,19 +585,6 @@ async fn run_import(
             Err(error) => return Err(error),
         }
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Writes the status of one import: the pure `next_status` decides, this only writes when the

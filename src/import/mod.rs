@@ -6,6 +6,7 @@ pub mod decide;
 pub mod digest;
 pub mod http_import;
 pub mod inspect;
+pub mod object_ref;
 pub mod pipeline;
 pub mod progress;
 pub mod source;

@@ -45,8 +45,13 @@ pub struct Problem {
 /// Where an image's import stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportState {
-    /// Waiting for something before the import can start (a free import slot, a dependency).
-    Waiting { reason: String, message: String },
+    /// Waiting for something before the import can start: a free import slot, or the source
+    /// itself (`source_blocked`: a source image that is missing or not Ready yet).
+    Waiting {
+        reason: String,
+        message: String,
+        source_blocked: bool,
+    },
     /// Bytes are flowing from the source into DVCR.
     Transferring(Transfer),
     /// A transient failure; the import tries again by itself.
@@ -87,8 +92,13 @@ pub fn next_status(
         )
     };
     match state {
-        ImportState::Waiting { reason, message } => {
-            condition(DATASOURCE_READY, None, reason, message);
+        ImportState::Waiting {
+            reason,
+            message,
+            source_blocked,
+        } => {
+            let datasource_ready = if *source_blocked { Some(false) } else { None };
+            condition(DATASOURCE_READY, datasource_ready, reason, message);
             condition(READY, Some(false), reason, message);
             status.phase = Some(ImagePhase::Pending);
         }

@@ -1,4 +1,4 @@
-//! End to end: ClusterVirtualImages with HTTP(S) sources, imported by the real controller
+//! End to end: ClusterVirtualImages from HTTP(S) sources and from other images, imported by the real controller
 //! binary into the real DVCR, against the real apiserver. Images are real: made by qemu-img,
 //! ISO images from Debian packages, compressed with gzip and xz. What is stored is read back
 //! with skopeo and compared byte for byte with the source.
@@ -198,17 +198,21 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-fn cvi_manifest(name: &str, http: Value) -> String {
+fn cvi_manifest(name: &str, data_source: Value) -> String {
     serde_json::json!({
         "apiVersion": "virtualization.deckhouse.io/v1alpha2",
         "kind": "ClusterVirtualImage",
         "metadata": {"name": name, "labels": {SUITE_LABEL: SUITE}},
-        "spec": {"dataSource": {"type": "HTTP", "http": http}},
+        "spec": {"dataSource": data_source},
     })
     .to_string()
 }
 
 fn create(env: &TestEnv, name: &str, http: Value) {
+    create_from(env, name, serde_json::json!({"type": "HTTP", "http": http}));
+}
+
+fn create_from(env: &TestEnv, name: &str, data_source: Value) {
     let _ = env
         .kubectl()
         .args([
@@ -220,7 +224,7 @@ fn create(env: &TestEnv, name: &str, http: Value) {
             "--timeout=60s",
         ])
         .output();
-    let output = env.kubectl_with_input(&["create", "-f", "-"], &cvi_manifest(name, http));
+    let output = env.kubectl_with_input(&["create", "-f", "-"], &cvi_manifest(name, data_source));
     assert!(
         output.status.success(),
         "creating {name}: {}",
@@ -785,4 +789,158 @@ fn a_source_without_content_length_is_imported_through_the_spool() {
     );
     assert_eq!(name, "disk.qcow2.gz");
     assert_eq!(sha256, sha256_file(&world.images.join("disk.qcow2.gz")));
+}
+
+fn condition(cvi: &Value, type_: &str) -> Value {
+    cvi["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    metrics(port)
+        .lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn object_ref(kind: &str, name: &str, namespace: Option<&str>) -> Value {
+    let mut reference = serde_json::json!({"kind": kind, "name": name});
+    if let Some(namespace) = namespace {
+        reference["namespace"] = namespace.into();
+    }
+    serde_json::json!({"type": "ObjectRef", "objectRef": reference})
+}
+
+#[test]
+fn a_copy_of_a_ready_image_mounts_its_layer_and_moves_no_bytes_through_the_daemon() {
+    let world = world();
+    let env = world.env;
+    create(
+        env,
+        "copy-source",
+        serde_json::json!({"url": world.http.url("grub-rescue-cdrom.iso")}),
+    );
+    let source = settled(env, "copy-source");
+    assert_eq!(phase(&source), "Ready", "{:?}", ready_condition(&source));
+    let mounted_before = metric(world.metrics_port, "image_catalog_copies_mounted_total");
+    let streamed_before = metric(world.metrics_port, "image_catalog_copies_streamed_total");
+    let downloads_before = world.http.requests("/grub-rescue-cdrom.iso");
+
+    create_from(
+        env,
+        "copy-of-source",
+        object_ref("ClusterVirtualImage", "copy-source", None),
+    );
+    let copy = settled(env, "copy-of-source");
+    assert_eq!(phase(&copy), "Ready", "{:?}", ready_condition(&copy));
+    for field in ["format", "cdrom", "size"] {
+        assert_eq!(
+            copy["status"][field], source["status"][field],
+            "{field} comes from the source"
+        );
+    }
+    assert_eq!(copy["status"]["cdrom"], true);
+    assert_eq!(copy["status"]["sourceUID"], source["metadata"]["uid"]);
+
+    let (source_name, source_sha, source_labels) = read_back(
+        env,
+        source["status"]["target"]["registryURL"].as_str().unwrap(),
+    );
+    let copy_url = copy["status"]["target"]["registryURL"].as_str().unwrap();
+    assert!(copy_url.contains("/cvi/copy-of-source:"), "{copy_url}");
+    let (copy_name, copy_sha, copy_labels) = read_back(env, copy_url);
+    assert_eq!(
+        (copy_name, copy_sha),
+        (source_name, source_sha),
+        "the copy holds the same file"
+    );
+    assert_eq!(copy_labels, source_labels);
+
+    assert_eq!(
+        metric(world.metrics_port, "image_catalog_copies_mounted_total"),
+        mounted_before + 1.0
+    );
+    assert_eq!(
+        metric(world.metrics_port, "image_catalog_copies_streamed_total"),
+        streamed_before,
+        "no byte streamed"
+    );
+    assert_eq!(
+        world.http.requests("/grub-rescue-cdrom.iso"),
+        downloads_before,
+        "the source URL was not fetched again"
+    );
+}
+
+#[test]
+fn a_copy_waits_for_its_source_and_starts_by_itself_once_the_source_is_ready() {
+    let world = world();
+    let env = world.env;
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "cvi",
+            "late-source",
+            "--ignore-not-found",
+            "--wait=true",
+        ])
+        .output();
+    create_from(
+        env,
+        "copy-of-late-source",
+        object_ref("ClusterVirtualImage", "late-source", None),
+    );
+    let waiting = wait_for(
+        "the copy to wait for its source",
+        Duration::from_secs(60),
+        || {
+            get(env, "copy-of-late-source")
+                .filter(|cvi| condition(cvi, "DatasourceReady")["reason"] == "SourceImageNotFound")
+        },
+    );
+    assert_eq!(phase(&waiting), "Pending");
+    let datasource = condition(&waiting, "DatasourceReady");
+    assert_eq!(datasource["status"], "False");
+    assert!(
+        datasource["message"]
+            .as_str()
+            .unwrap()
+            .contains("ClusterVirtualImage late-source"),
+        "{datasource}"
+    );
+
+    create(
+        env,
+        "late-source",
+        serde_json::json!({"url": world.http.url("disk.vdi")}),
+    );
+    let copy = settled(env, "copy-of-late-source");
+    assert_eq!(phase(&copy), "Ready", "{:?}", ready_condition(&copy));
+    assert_eq!(copy["status"]["format"], "vdi");
+    let source = get(env, "late-source").unwrap();
+    assert_eq!(copy["status"]["sourceUID"], source["metadata"]["uid"]);
+}
+
+#[test]
+fn a_virtual_disk_source_stays_pending_and_says_the_type_is_not_installed() {
+    let world = world();
+    let env = world.env;
+    create_from(
+        env,
+        "from-virtual-disk",
+        object_ref("VirtualDisk", "disk-1", Some("team-a")),
+    );
+    let cvi = wait_for("the VirtualDisk condition", Duration::from_secs(60), || {
+        get(env, "from-virtual-disk")
+            .filter(|cvi| condition(cvi, "DatasourceReady")["reason"] == "VirtualDiskNotInstalled")
+    });
+    assert_eq!(phase(&cvi), "Pending");
+    assert_eq!(condition(&cvi, "DatasourceReady")["status"], "False");
+    assert_eq!(condition(&cvi, "Ready")["status"], "False");
 }
