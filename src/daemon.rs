@@ -17,6 +17,7 @@ use crate::import::controller::{self, ControllerSettings};
 use crate::import::inspect::InspectLimits;
 use crate::import::pipeline::PipelineSettings;
 use crate::import::source::http::HttpSourceOptions;
+use crate::import::source::upload::UploadGate;
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
 
@@ -65,6 +66,19 @@ pub struct ControllerArgs {
     /// Attempts of one import after transient failures before it ends in Failed.
     #[arg(long, default_value_t = 5)]
     pub max_import_attempts: u32,
+    /// Address of the upload endpoint (`PUT <base>/upload/<token>`) for `type: Upload` images.
+    #[arg(long, env = "UPLOAD_ADDR", default_value = "0.0.0.0:8081")]
+    pub upload_addr: SocketAddr,
+    /// Base URL of the upload endpoint as seen from outside the cluster (an Ingress), shown in
+    /// status.imageUploadURLs.external. Defaults to http://<--upload-addr>.
+    #[arg(long, env = "UPLOAD_EXTERNAL_URL")]
+    pub upload_external_url: Option<String>,
+    /// Base URL of the upload endpoint inside the cluster (the daemon's Service).
+    #[arg(long, env = "UPLOAD_IN_CLUSTER_URL")]
+    pub upload_in_cluster_url: Option<String>,
+    /// How long an Upload image waits for its upload before it fails, in seconds.
+    #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub upload_timeout_seconds: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -105,8 +119,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         max_attempts: args.max_import_attempts.max(1),
         retry_backoff: Duration::from_secs(10),
         status_interval: Duration::from_secs(2),
+        upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
+        upload_external_base: args
+            .upload_external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.upload_addr)),
+        upload_in_cluster_base: args
+            .upload_in_cluster_url
+            .clone()
+            .unwrap_or_else(|| format!("http://image-catalog-upload.{}.svc", args.namespace)),
     };
-    let ctx = controller::Context::new(client, dvcr, settings, metrics);
+    let uploads = Arc::new(UploadGate::default());
+    let upload_server = tokio::spawn(server::serve(args.upload_addr, uploads.clone().router()));
+    let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
     tracing::info!(registry = %args.dvcr_registry, "import controller started");
     tokio::select! {
         _ = controller::run(ctx, ready) => Ok(()),
@@ -114,6 +139,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             Ok(Ok(())) => bail!("the HTTP server stopped"),
             Ok(Err(error)) => Err(error).context("serving HTTP"),
             Err(error) => Err(error).context("the HTTP server stopped"),
+        },
+        served = upload_server => match served {
+            Ok(Ok(())) => bail!("the upload server stopped"),
+            Ok(Err(error)) => Err(error).with_context(|| format!("serving uploads on {}", args.upload_addr)),
+            Err(error) => Err(error).context("the upload server stopped"),
         },
     }
 }

@@ -11,3 +11,4 @@ pub mod import;
 pub mod metrics;
 pub mod server;
 pub mod tls;
+pub mod upload_cli;

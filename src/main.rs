@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: reconcile ClusterVirtualImages and import them into DVCR.
     Controller(Box<image_catalog::daemon::ControllerArgs>),
+    /// Upload a file to a ClusterVirtualImage of type Upload, with a progress line.
+    Upload(image_catalog::upload_cli::UploadArgs),
     /// Print every CustomResourceDefinition the project ships, as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -42,6 +44,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(image_catalog::daemon::run(*args)),
+        Command::Upload(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(image_catalog::upload_cli::run(args)),
         Command::Crds { write: None } => {
             print!("{}", crds::all_yaml()?);
             Ok(())

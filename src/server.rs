@@ -31,7 +31,7 @@ pub fn router(state: ServerState) -> Router {
 /// Serves `router` on `address` until the process ends.
 pub async fn serve(address: SocketAddr, router: Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving metrics and health endpoints");
+    tracing::info!(%address, "serving HTTP");
     axum::serve(listener, router).await
 }
 

@@ -16,7 +16,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const SUITE_LABEL: &str = "image-catalog.test/suite";
-const SUITE: &str = "import-http";
+const SUITE: &str = "import";
+/// Short, so the test of the timeout does not wait long; the other upload tests upload at once.
+const UPLOAD_TIMEOUT: u64 = 20;
 
 struct World {
     env: &'static TestEnv,
@@ -44,7 +46,7 @@ fn world() -> &'static World {
         let http = FileServer::start(&images);
         let https = FileServer::start_https(&images);
         let metrics_port = free_port();
-        let controller = start_controller(env, dir.path(), metrics_port);
+        let controller = start_controller(env, dir.path(), metrics_port, free_port());
         World {
             env,
             metrics_port,
@@ -66,12 +68,15 @@ fn free_port() -> u16 {
 }
 
 /// Runs the daemon as the ServiceAccount of deploy/rbac.yaml: the shipped roles must suffice.
-fn start_controller(env: &TestEnv, dir: &Path, port: u16) -> Controller {
+fn start_controller(env: &TestEnv, dir: &Path, port: u16, upload_port: u16) -> Controller {
     let log = dir.join("controller.log");
     let kubeconfig = env.daemon_kubeconfig(dir);
     let command = format!(
         "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{port} \
-         --max-concurrent-imports 6 --max-import-attempts 2 >'{log}' 2>&1 & pid=$!; read _; kill $pid",
+         --max-concurrent-imports 6 --max-import-attempts 2 \
+         --upload-addr 127.0.0.1:{upload_port} --upload-external-url http://127.0.0.1:{upload_port} \
+         --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc --upload-timeout-seconds {UPLOAD_TIMEOUT} \
+         >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
         log = log.display(),
     );
@@ -943,4 +948,196 @@ fn a_virtual_disk_source_stays_pending_and_says_the_type_is_not_installed() {
     assert_eq!(phase(&cvi), "Pending");
     assert_eq!(condition(&cvi, "DatasourceReady")["status"], "False");
     assert_eq!(condition(&cvi, "Ready")["status"], "False");
+}
+
+fn upload_image(name: &str) -> Value {
+    let world = world();
+    create_from(world.env, name, serde_json::json!({"type": "Upload"}));
+    wait_for(
+        &format!("{name} to wait for its upload"),
+        Duration::from_secs(30),
+        || {
+            get(world.env, name).filter(|cvi| {
+                phase(cvi) == "WaitForUserUpload"
+                    && cvi["status"]["imageUploadURLs"]["external"].is_string()
+            })
+        },
+    )
+}
+
+fn curl_upload(url: &str, file: &Path, extra: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-T"])
+        .arg(file)
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn an_upload_with_curl_as_documented_becomes_ready_with_the_uploaded_bytes() {
+    let world = world();
+    let cvi = upload_image("uploaded-with-curl");
+    let urls = &cvi["status"]["imageUploadURLs"];
+    let external = urls["external"].as_str().unwrap();
+    let token = external.rsplit('/').next().unwrap();
+    assert!(
+        token.len() >= 32,
+        "the token carries at least 128 bits: {token}"
+    );
+    assert!(
+        urls["inCluster"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://image-catalog-upload.image-catalog.svc/upload/")
+    );
+    assert_eq!(condition(&cvi, "Ready")["reason"], "WaitingForUserUpload");
+
+    let (code, body) = curl_upload(external, &world.images.join("disk.qcow2"), &[]);
+    assert_eq!(code, 201, "{body}");
+    let cvi = settled(world.env, "uploaded-with-curl");
+    assert_eq!(phase(&cvi), "Ready", "{:?}", ready_condition(&cvi));
+    assert_eq!(cvi["status"]["format"], "qcow2");
+    let (_, sha256, _) = read_back(
+        world.env,
+        cvi["status"]["target"]["registryURL"].as_str().unwrap(),
+    );
+    assert_eq!(sha256, sha256_file(&world.images.join("disk.qcow2")));
+}
+
+#[test]
+fn a_wrong_token_gets_a_bare_404_and_a_second_concurrent_upload_gets_409() {
+    let world = world();
+    let cvi = upload_image("upload-conflicts");
+    let external = cvi["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base = external.rsplit_once('/').unwrap().0;
+    let (code, body) = curl_upload(
+        &format!("{base}/{}", "0".repeat(64)),
+        &world.images.join("disk.raw"),
+        &[],
+    );
+    assert_eq!(
+        (code, body.trim()),
+        (404, ""),
+        "a wrong token learns nothing"
+    );
+
+    // A slow first upload, then a second one while it runs.
+    let slow_file = world.images.join("cut.raw");
+    let mut slow = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--limit-rate", "2M", "-T"])
+        .arg(&slow_file)
+        .arg(&external)
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first upload to show progress",
+        Duration::from_secs(30),
+        || get(world.env, "upload-conflicts").filter(|cvi| phase(cvi) == "Provisioning"),
+    );
+    let (code, body) = curl_upload(&external, &world.images.join("disk.raw"), &[]);
+    assert_eq!(code, 409, "{body}");
+    assert!(slow.wait().unwrap().success());
+    let cvi = settled(world.env, "upload-conflicts");
+    assert_eq!(phase(&cvi), "Ready");
+    assert_eq!(
+        cvi["status"]["size"]["storedBytes"],
+        std::fs::metadata(&slow_file).unwrap().len().to_string()
+    );
+}
+
+#[test]
+fn a_broken_upload_leaves_the_image_waiting_and_nothing_tagged() {
+    use std::io::Write;
+    let world = world();
+    let cvi = upload_image("upload-broken");
+    let external = cvi["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let address = external
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = &external[external.find("/upload/").unwrap()..];
+    // Announce 8 MiB, send 1 MiB, hang up.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
+        8 << 20
+    )
+    .unwrap();
+    stream.write_all(&vec![7u8; 1 << 20]).unwrap();
+    drop(stream);
+    let waiting = wait_for("the image to wait again", Duration::from_secs(60), || {
+        get(world.env, "upload-broken").filter(|cvi| {
+            phase(cvi) == "WaitForUserUpload"
+                && condition(cvi, "Ready")["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("last upload failed"))
+        })
+    });
+    let uid = waiting["metadata"]["uid"].as_str().unwrap();
+    assert!(!dvcr_has(
+        world.env,
+        &format!("{}/cvi/upload-broken:{uid}", world.env.dvcr_registry())
+    ));
+    // The same URL takes the next attempt.
+    let (code, body) = curl_upload(&external, &world.images.join("disk.vdi"), &[]);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(phase(&settled(world.env, "upload-broken")), "Ready");
+}
+
+#[test]
+fn an_image_nobody_uploads_to_fails_after_the_timeout_and_says_to_recreate_it() {
+    let world = world();
+    upload_image("upload-never");
+    let cvi = settled(world.env, "upload-never");
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "UploadTimedOut");
+    assert!(message.contains("create it again"), "{message}");
+}
+
+#[test]
+fn the_upload_command_streams_a_real_iso_and_waits_for_ready() {
+    let world = world();
+    create_from(
+        world.env,
+        "uploaded-with-cli",
+        serde_json::json!({"type": "Upload"}),
+    );
+    let iso = world.images.join("ipxe.iso");
+    let output = Command::new(env!("CARGO_BIN_EXE_image-catalog"))
+        .args(["upload", "uploaded-with-cli"])
+        .arg(&iso)
+        .env("KUBECONFIG", world.env.kubeconfig())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2Mi / 2Mi") || stderr.contains("/ 2Mi"),
+        "progress shown: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("uploaded-with-cli is Ready"), "{stdout}");
+    let cvi = get(world.env, "uploaded-with-cli").unwrap();
+    assert_eq!(cvi["status"]["cdrom"], true);
+    let (name, sha256, _) = read_back(
+        world.env,
+        cvi["status"]["target"]["registryURL"].as_str().unwrap(),
+    );
+    assert_eq!(name, "ipxe.iso", "the CLI sends the file name");
+    assert_eq!(sha256, sha256_file(&iso));
 }

@@ -18,16 +18,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::status::condition::{DATASOURCE_READY, READY};
-use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus};
+use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus, ImageUploadUrls};
 use crate::dvcr::Dvcr;
 use crate::import::decide::{Decision, KnownImport, decide};
 use crate::import::http_import;
 use crate::import::object_ref::{self, CopyMethod, SourceImage, SourceState};
+use crate::import::pipeline;
 use crate::import::pipeline::{
     ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
 };
 use crate::import::progress::speed;
 use crate::import::source::http::{HttpSourceOptions, redact_url};
+use crate::import::source::upload::{UPLOAD_PATH, UploadGate, UploadOutcome};
 use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
 use crate::metrics::Metrics;
 
@@ -48,6 +50,12 @@ pub struct ControllerSettings {
     pub retry_backoff: Duration,
     /// At most one status write per image per interval while importing.
     pub status_interval: Duration,
+    /// How long an Upload image waits for its upload before it fails.
+    pub upload_timeout: Duration,
+    /// Base of the upload URL reachable from outside the cluster (`<base>/upload/<token>`).
+    pub upload_external_base: String,
+    /// Base of the upload URL reachable inside the cluster (the daemon's Service).
+    pub upload_in_cluster_base: String,
 }
 
 /// Everything a reconcile needs, shared.
@@ -59,6 +67,7 @@ pub struct Context {
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     recorder: Recorder,
+    uploads: Arc<UploadGate>,
 }
 
 struct TrackedImport {
@@ -95,6 +104,7 @@ impl Context {
         dvcr: Dvcr,
         settings: ControllerSettings,
         metrics: Arc<Metrics>,
+        uploads: Arc<UploadGate>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "image-catalog".into(),
@@ -108,6 +118,7 @@ impl Context {
             settings,
             imports: Mutex::new(HashMap::new()),
             metrics,
+            uploads,
         })
     }
 
@@ -431,6 +442,7 @@ async fn run_import(
             };
             Ok(stored)
         }
+        (DataSourceType::Upload, _, _) => receive_upload(ctx, cvi, &request, writer, cancel).await,
         (type_, _, _) => {
             writer
                 .write_now(&ImportState::Waiting {
@@ -444,6 +456,95 @@ async fn run_import(
             // Parks the task until the spec changes or the image goes away.
             cancel.cancelled().await;
             Err(ImportError::Cancelled)
+        }
+    }
+}
+
+/// Waits for the user's upload and imports it. A broken or refused upload leaves the image
+/// waiting for the next attempt; no upload for `upload_timeout` ends in Failed.
+async fn receive_upload(
+    ctx: &Context,
+    cvi: &ClusterVirtualImage,
+    request: &ImportRequest,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<StoredImage, ImportError> {
+    let mut ticket = ctx.uploads.open();
+    let url = |base: &str| {
+        format!(
+            "{}{UPLOAD_PATH}/{}",
+            base.trim_end_matches('/'),
+            ticket.token
+        )
+    };
+    let urls = ImageUploadUrls {
+        external: Some(url(&ctx.settings.upload_external_base)),
+        in_cluster: Some(url(&ctx.settings.upload_in_cluster_base)),
+    };
+    let mut message = "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string();
+    loop {
+        writer
+            .write_now(&ImportState::AwaitingUpload {
+                urls: urls.clone(),
+                message: message.clone(),
+            })
+            .await;
+        let mut upload = tokio::select! {
+            upload = ticket.next() => upload.ok_or(ImportError::Cancelled)?,
+            _ = tokio::time::sleep(ctx.settings.upload_timeout) => {
+                return Err(ImportError::UploadTimedOut(ctx.settings.upload_timeout))
+            }
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+        };
+        let _slot = acquire_slot(ctx, writer, cancel).await?;
+        ctx.publish(
+            cvi,
+            EventType::Normal,
+            "UploadStarted",
+            "An upload of the image started",
+        )
+        .await;
+        let progress = LiveProgress::default();
+        writer.begin_transfer(&progress);
+        let result = {
+            let store = pipeline::store(
+                &ctx.dvcr,
+                &ctx.settings.pipeline,
+                request,
+                &mut upload,
+                &progress,
+                cancel,
+            );
+            tokio::pin!(store);
+            let mut ticker = tokio::time::interval(ctx.settings.status_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    result = &mut store => break result,
+                    _ = ticker.tick() => writer.write_transfer(&progress, None).await,
+                }
+            }
+        };
+        ctx.metrics.bytes_imported.inc_by(progress.received());
+        match result {
+            Ok(stored) => {
+                upload.respond(UploadOutcome::Stored {
+                    registry_url: stored.registry_url.clone(),
+                });
+                return Ok(stored_image(&stored));
+            }
+            Err(ImportError::Cancelled) => return Err(ImportError::Cancelled),
+            Err(error) => {
+                tracing::info!(image = %cvi.name_any(), reason = error.reason(), "an upload failed; waiting for another");
+                upload.respond(UploadOutcome::Refused {
+                    reason: error.reason().to_string(),
+                    message: error.to_string(),
+                });
+                message = format!(
+                    "The last upload failed ({}: {error}); upload the image again.",
+                    error.reason()
+                );
+            }
         }
     }
 }

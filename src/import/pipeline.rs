@@ -105,6 +105,11 @@ pub enum ImportError {
     Spool { dir: String, error: std::io::Error },
     #[error("the import was cancelled")]
     Cancelled,
+    #[error(
+        "no complete upload arrived within {}s; delete the image and create it again for a new upload URL",
+        .0.as_secs()
+    )]
+    UploadTimedOut(std::time::Duration),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
 }
@@ -119,6 +124,7 @@ impl ImportError {
             Self::Dvcr(error) => error.reason(),
             Self::Spool { .. } => "SpoolFailed",
             Self::Cancelled => "Cancelled",
+            Self::UploadTimedOut(_) => "UploadTimedOut",
             Self::Stage(_) => "InternalError",
         }
     }
@@ -443,5 +449,30 @@ impl Spool {
             }
         }
         Ok(upload.finish().await?)
+    }
+}
+
+impl ByteSource for crate::import::source::upload::Upload {
+    fn file_name(&self) -> String {
+        crate::import::source::upload::Upload::file_name(self)
+    }
+    fn content_length(&self) -> Option<u64> {
+        crate::import::source::upload::Upload::content_length(self)
+    }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
+        crate::import::source::upload::Upload::next_chunk(self).await
+    }
+}
+
+/// A source lent to the pipeline stays with its owner (an upload answers its uploader after).
+impl<S: ByteSource> ByteSource for &mut S {
+    fn file_name(&self) -> String {
+        (**self).file_name()
+    }
+    fn content_length(&self) -> Option<u64> {
+        (**self).content_length()
+    }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
+        (**self).next_chunk().await
     }
 }

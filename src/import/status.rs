@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::status::condition::{DATASOURCE_READY, READY};
-use crate::api::{DownloadSpeed, ImagePhase, ImageSize, ImageStatus, ImageTarget};
+use crate::api::{DownloadSpeed, ImagePhase, ImageSize, ImageStatus, ImageTarget, ImageUploadUrls};
 
 use super::progress::{self, Speed};
 
@@ -51,6 +51,11 @@ pub enum ImportState {
         reason: String,
         message: String,
         source_blocked: bool,
+    },
+    /// Waiting for the user to upload the image to one of `urls`.
+    AwaitingUpload {
+        urls: ImageUploadUrls,
+        message: String,
     },
     /// Bytes are flowing from the source into DVCR.
     Transferring(Transfer),
@@ -101,6 +106,12 @@ pub fn next_status(
             condition(DATASOURCE_READY, datasource_ready, reason, message);
             condition(READY, Some(false), reason, message);
             status.phase = Some(ImagePhase::Pending);
+        }
+        ImportState::AwaitingUpload { urls, message } => {
+            condition(DATASOURCE_READY, None, "WaitingForUserUpload", message);
+            condition(READY, Some(false), "WaitingForUserUpload", message);
+            status.phase = Some(ImagePhase::WaitForUserUpload);
+            status.image_upload_urls = Some(urls.clone());
         }
         ImportState::Transferring(transfer) => {
             condition(

@@ -1,6 +1,7 @@
 //! Sources of image bytes.
 
 pub mod http;
+pub mod upload;
 
 /// What the pipeline should do about a [`SourceError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,4 +90,21 @@ pub mod reason {
     pub const SOURCE_CHANGED: &str = "SourceChanged";
     /// The download broke and the server cannot resume it (restart).
     pub const SOURCE_NOT_RESUMABLE: &str = "SourceNotResumable";
+    /// The uploader's connection broke off before the whole image arrived.
+    pub const UPLOAD_INTERRUPTED: &str = "UploadInterrupted";
+    /// The container image reference cannot be parsed (permanent).
+    pub const INVALID_IMAGE_REFERENCE: &str = "InvalidImageReference";
+    /// The registry has no such repository, tag, digest or platform (permanent).
+    pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
+    /// The container image holds no regular file under `disk/` (permanent).
+    pub const NO_DISK_IN_IMAGE: &str = "NoDiskInImage";
+    /// The container image holds more than one file under `disk/` (permanent).
+    pub const MULTIPLE_DISKS_IN_IMAGE: &str = "MultipleDisksInImage";
+    /// The entry under `disk/` is a link, device or sparse file, not a plain file (permanent).
+    pub const DISK_NOT_REGULAR_FILE: &str = "DiskNotRegularFile";
+    /// A layer is zstd-compressed, of an unknown media type, or not a valid (gzip) tar
+    /// (permanent).
+    pub const UNSUPPORTED_IMAGE_LAYER: &str = "UnsupportedImageLayer";
+    /// A layer's bytes do not match its digest (restart).
+    pub const LAYER_DIGEST_MISMATCH: &str = "LayerDigestMismatch";
 }
