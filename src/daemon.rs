@@ -119,6 +119,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         max_attempts: args.max_import_attempts.max(1),
         retry_backoff: Duration::from_secs(10),
         status_interval: Duration::from_secs(2),
+        namespace: args.namespace.clone(),
         upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
         upload_external_base: args
             .upload_external_url
@@ -204,6 +205,17 @@ async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<D
     })
 }
 
+/// A registry as dockerconfigjson keys name it, normalised: no scheme, no path, and Docker
+/// Hub under one name (`https://index.docker.io/v1/`, `docker.io`, `index.docker.io`).
+fn registry_key(host: &str) -> String {
+    let host = host.split_once("://").map_or(host, |(_, rest)| rest);
+    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
+    match host.as_str() {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        _ => host,
+    }
+}
+
 /// The user name and password for `registry` in a dockerconfigjson Secret.
 pub fn registry_credentials(secret: &Secret, registry: &str) -> anyhow::Result<(String, String)> {
     let name = secret.metadata.name.clone().unwrap_or_default();
@@ -219,7 +231,7 @@ pub fn registry_credentials(secret: &Secret, registry: &str) -> anyhow::Result<(
         .with_context(|| format!("Secret {name}: no \"auths\" in .dockerconfigjson"))?;
     let entry = auths
         .iter()
-        .find(|(host, _)| host.trim_start_matches("https://").trim_end_matches('/') == registry)
+        .find(|(host, _)| registry_key(host) == registry_key(registry))
         .map(|(_, entry)| entry)
         .with_context(|| format!("Secret {name} has no credentials for {registry}"))?;
     if let (Some(user), Some(pass)) = (entry["username"].as_str(), entry["password"].as_str()) {
@@ -271,6 +283,20 @@ mod tests {
         assert_eq!(
             registry_credentials(&by_fields, "dvcr.example:5000").unwrap(),
             ("u".into(), "p".into())
+        );
+    }
+
+    #[test]
+    fn docker_hub_credentials_match_whatever_name_the_secret_uses() {
+        let hub =
+            secret(r#"{"auths":{"https://index.docker.io/v1/":{"username":"h","password":"p"}}}"#);
+        assert_eq!(
+            registry_credentials(&hub, "index.docker.io").unwrap(),
+            ("h".into(), "p".into())
+        );
+        assert_eq!(
+            registry_credentials(&hub, "docker.io").unwrap(),
+            ("h".into(), "p".into())
         );
     }
 

@@ -1141,3 +1141,190 @@ fn the_upload_command_streams_a_real_iso_and_waits_for_ready() {
     assert_eq!(name, "ipxe.iso", "the CLI sends the file name");
     assert_eq!(sha256, sha256_file(&iso));
 }
+
+fn container_image_source(image: &str, ca_bundle: &str, secret: Option<(&str, &str)>) -> Value {
+    let mut block = serde_json::json!({"image": image, "caBundle": ca_bundle});
+    if let Some((namespace, name)) = secret {
+        block["imagePullSecret"] = serde_json::json!({"name": name, "namespace": namespace});
+    }
+    serde_json::json!({"type": "ContainerImage", "containerImage": block})
+}
+
+fn pull_secret(
+    env: &TestEnv,
+    namespace: &str,
+    name: &str,
+    registry: &str,
+    user: &str,
+    password: &str,
+) {
+    let _ = env
+        .kubectl()
+        .args(["create", "namespace", namespace])
+        .output();
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "secret",
+            name,
+            "-n",
+            namespace,
+            "--ignore-not-found",
+        ])
+        .output();
+    env.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        name,
+        "-n",
+        namespace,
+        &format!("--docker-server={registry}"),
+        &format!("--docker-username={user}"),
+        &format!("--docker-password={password}"),
+    ]);
+}
+
+#[test]
+fn container_disk_images_import_from_public_and_private_registries() {
+    use common::source_registry::SourceRegistry;
+    let world = world();
+    let env = world.env;
+    let public = SourceRegistry::start_public();
+    let private = SourceRegistry::start_private();
+    let qcow2 = world.images.join("disk.qcow2");
+    let iso = world.images.join("ipxe.iso");
+    let public_image =
+        public.push_container_disk("images/qcow2:1", &[("disk/disk.qcow2", &qcow2)], false);
+    let private_image =
+        private.push_container_disk("private/ipxe:1", &[("disk/ipxe.iso", &iso)], true);
+    let (user, password) = private.credentials().unwrap();
+    pull_secret(
+        env,
+        "registry-secrets",
+        "private-registry",
+        &private.host(),
+        &user,
+        &password,
+    );
+
+    create_from(
+        env,
+        "from-public-registry",
+        container_image_source(&public_image, &public.ca_bundle_base64(), None),
+    );
+    create_from(
+        env,
+        "from-private-registry",
+        container_image_source(
+            &private_image,
+            &private.ca_bundle_base64(),
+            Some(("registry-secrets", "private-registry")),
+        ),
+    );
+    for (name, file, format) in [
+        ("from-public-registry", &qcow2, "qcow2"),
+        ("from-private-registry", &iso, "iso"),
+    ] {
+        let cvi = settled(env, name);
+        assert_eq!(phase(&cvi), "Ready", "{name}: {:?}", ready_condition(&cvi));
+        assert_eq!(cvi["status"]["format"], format);
+        let (stored_name, sha256, _) = read_back(
+            env,
+            cvi["status"]["target"]["registryURL"].as_str().unwrap(),
+        );
+        assert_eq!(
+            stored_name,
+            file.file_name().unwrap().to_string_lossy(),
+            "the file keeps its name"
+        );
+        assert_eq!(sha256, sha256_file(file), "{name}: the disk file as pushed");
+    }
+}
+
+#[test]
+fn a_missing_pull_secret_keeps_the_image_pending_until_the_secret_appears() {
+    use common::source_registry::SourceRegistry;
+    let world = world();
+    let env = world.env;
+    let private = SourceRegistry::start_private();
+    let image = private.push_container_disk(
+        "late/secret:1",
+        &[("disk/disk.vdi", &world.images.join("disk.vdi"))],
+        true,
+    );
+    let _ = env
+        .kubectl()
+        .args(["create", "namespace", "late-secrets"])
+        .output();
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "secret",
+            "late",
+            "-n",
+            "late-secrets",
+            "--ignore-not-found",
+        ])
+        .output();
+    create_from(
+        env,
+        "waits-for-secret",
+        container_image_source(
+            &image,
+            &private.ca_bundle_base64(),
+            Some(("late-secrets", "late")),
+        ),
+    );
+    let waiting = wait_for(
+        "the image to wait for its Secret",
+        Duration::from_secs(60),
+        || {
+            get(env, "waits-for-secret").filter(|cvi| {
+                condition(cvi, "DatasourceReady")["reason"] == "ImagePullSecretNotFound"
+            })
+        },
+    );
+    assert_eq!(phase(&waiting), "Pending");
+    assert_eq!(condition(&waiting, "DatasourceReady")["status"], "False");
+    let (user, password) = private.credentials().unwrap();
+    pull_secret(
+        env,
+        "late-secrets",
+        "late",
+        &private.host(),
+        &user,
+        &password,
+    );
+    let cvi = settled(env, "waits-for-secret");
+    assert_eq!(phase(&cvi), "Ready", "{:?}", ready_condition(&cvi));
+    let message = serde_json::to_string(&cvi["status"]).unwrap();
+    assert!(
+        !message.contains(&password),
+        "the registry password never reaches the status"
+    );
+}
+
+#[test]
+fn an_image_without_a_disk_fails_with_a_reason_that_names_the_shape() {
+    use common::source_registry::SourceRegistry;
+    let world = world();
+    let public = SourceRegistry::start_public();
+    let image = public.push_container_disk(
+        "nodisk/app:1",
+        &[("app/readme.txt", &world.images.join("other.raw"))],
+        false,
+    );
+    create_from(
+        world.env,
+        "image-without-disk",
+        container_image_source(&image, &public.ca_bundle_base64(), None),
+    );
+    let cvi = settled(world.env, "image-without-disk");
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "NoDiskInImage");
+    assert!(message.contains("/disk"), "{message}");
+}

@@ -28,10 +28,12 @@ use crate::import::pipeline::{
     ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
 };
 use crate::import::progress::speed;
+use crate::import::source::container_image::{ContainerDisk, RegistryCredentials, registry_host};
 use crate::import::source::http::{HttpSourceOptions, redact_url};
 use crate::import::source::upload::{UPLOAD_PATH, UploadGate, UploadOutcome};
 use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
 use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Secret;
 
 /// Removed only after the image is gone from DVCR.
 pub const FINALIZER: &str = "imagecatalog.dev/dvcr-cleanup";
@@ -50,6 +52,8 @@ pub struct ControllerSettings {
     pub retry_backoff: Duration,
     /// At most one status write per image per interval while importing.
     pub status_interval: Duration,
+    /// The daemon's namespace: where imagePullSecrets without a namespace are looked up.
+    pub namespace: String,
     /// How long an Upload image waits for its upload before it fails.
     pub upload_timeout: Duration,
     /// Base of the upload URL reachable from outside the cluster (`<base>/upload/<token>`).
@@ -411,9 +415,73 @@ async fn run_import(
                 checksum: http.checksum.clone(),
                 ..request
             };
-            import_http(ctx, cvi, http, &request, writer, cancel)
-                .await
-                .map(|stored| stored_image(&stored))
+            let stored = transfer_with_retries(ctx, cvi, writer, cancel, |progress| {
+                let request = &request;
+                async move {
+                    http_import::import(
+                        &ctx.dvcr,
+                        &ctx.settings.pipeline,
+                        &ctx.settings.http,
+                        request,
+                        http,
+                        &progress,
+                        cancel,
+                    )
+                    .await
+                }
+            })
+            .await?;
+            Ok(stored_image(&stored))
+        }
+        (DataSourceType::ContainerImage, _, _) if source.container_image.is_some() => {
+            let Some(image) = source.container_image.as_ref() else {
+                return Err(ImportError::Cancelled);
+            };
+            let credentials = wait_for_pull_secret(ctx, image, writer, cancel).await?;
+            let _slot = acquire_slot(ctx, writer, cancel).await?;
+            ctx.publish(
+                cvi,
+                EventType::Normal,
+                "ImportStarted",
+                &format!("Importing {}", image.image),
+            )
+            .await;
+            let ca_bundle = image
+                .ca_bundle
+                .as_deref()
+                .map(http_import::decode_ca_bundle)
+                .transpose()?;
+            let stored = transfer_with_retries(ctx, cvi, writer, cancel, |progress| {
+                let (request, credentials, ca_bundle) =
+                    (&request, credentials.clone(), ca_bundle.clone());
+                async move {
+                    // A layer whose bytes did not match its digest is read again from the start.
+                    let mut restarts = 0;
+                    loop {
+                        let disk = ContainerDisk::open(
+                            &image.image,
+                            ca_bundle.as_deref(),
+                            credentials.clone(),
+                        )
+                        .await?;
+                        match pipeline::store(
+                            &ctx.dvcr,
+                            &ctx.settings.pipeline,
+                            request,
+                            disk,
+                            &progress,
+                            cancel,
+                        )
+                        .await
+                        {
+                            Err(error) if error.needs_restart() && restarts < 3 => restarts += 1,
+                            result => return result,
+                        }
+                    }
+                }
+            })
+            .await?;
+            Ok(stored_image(&stored))
         }
         (DataSourceType::ObjectRef, _, Some(reference)) => {
             let source = wait_for_source(ctx, reference, writer, cancel).await?;
@@ -627,30 +695,26 @@ async fn acquire_slot<'a>(
     })
 }
 
-/// Imports from an HTTP(S) URL, retrying transient failures with back-off.
-async fn import_http(
+/// Runs `attempt` (one import from the source into DVCR) with a status write per interval,
+/// retrying transient failures with back-off.
+async fn transfer_with_retries<F, Fut>(
     ctx: &Context,
     cvi: &ClusterVirtualImage,
-    http: &crate::api::HttpSource,
-    request: &ImportRequest,
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
-) -> Result<StoredImport, ImportError> {
+    mut attempt: F,
+) -> Result<StoredImport, ImportError>
+where
+    F: FnMut(Arc<LiveProgress>) -> Fut,
+    Fut: Future<Output = Result<StoredImport, ImportError>>,
+{
     let started = Instant::now();
-    let mut attempt = 1;
+    let mut tries = 1;
     loop {
-        let progress = LiveProgress::default();
+        let progress = Arc::new(LiveProgress::default());
         writer.begin_transfer(&progress);
         let result = {
-            let import = http_import::import(
-                &ctx.dvcr,
-                &ctx.settings.pipeline,
-                &ctx.settings.http,
-                request,
-                http,
-                &progress,
-                cancel,
-            );
+            let import = attempt(progress.clone());
             tokio::pin!(import);
             let mut ticker = tokio::time::interval(ctx.settings.status_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -669,21 +733,79 @@ async fn import_http(
                     .observe(started.elapsed().as_secs_f64());
                 return Ok(stored);
             }
-            Err(error) if error.is_transient() && attempt < ctx.settings.max_attempts => {
+            Err(error) if error.is_transient() && tries < ctx.settings.max_attempts => {
                 let problem = problem(&error);
-                tracing::info!(image = %cvi.name_any(), attempt, reason = %problem.reason, "transient failure; retrying");
+                tracing::info!(image = %cvi.name_any(), tries, reason = %problem.reason, "transient failure; retrying");
                 writer.write_transfer(&progress, Some(problem)).await;
                 let backoff = ctx
                     .settings
                     .retry_backoff
-                    .saturating_mul(1 << (attempt - 1).min(6));
+                    .saturating_mul(1 << (tries - 1).min(6));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = cancel.cancelled() => return Err(ImportError::Cancelled),
                 }
-                attempt += 1;
+                tries += 1;
             }
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Reads the credentials of a ContainerImage source from its imagePullSecret, waiting (with
+/// DatasourceReady=False saying why) while the Secret is missing or unusable.
+async fn wait_for_pull_secret(
+    ctx: &Context,
+    source: &crate::api::ContainerImageSource,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+) -> Result<Option<RegistryCredentials>, ImportError> {
+    let Some(name) = source
+        .image_pull_secret
+        .as_ref()
+        .and_then(|s| s.name.clone())
+    else {
+        return Ok(None);
+    };
+    let namespace = source
+        .image_pull_secret
+        .as_ref()
+        .and_then(|s| s.namespace.clone())
+        .unwrap_or_else(|| ctx.settings.namespace.clone());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let registry = registry_host(&source.image);
+    loop {
+        let (reason, message) = match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => match crate::daemon::registry_credentials(&secret, &registry) {
+                Ok((username, password)) => {
+                    return Ok(Some(RegistryCredentials { username, password }));
+                }
+                Err(error) => (
+                    "ImagePullSecretInvalid",
+                    format!("{error:#}; fix the Secret and the import starts by itself."),
+                ),
+            },
+            Ok(None) => (
+                "ImagePullSecretNotFound",
+                format!(
+                    "The imagePullSecret {namespace}/{name} does not exist; create it (type kubernetes.io/dockerconfigjson) and the import starts by itself."
+                ),
+            ),
+            Err(error) => (
+                "ImagePullSecretUnreadable",
+                format!("Reading the imagePullSecret {namespace}/{name} failed: {error}"),
+            ),
+        };
+        writer
+            .write_now(&ImportState::Waiting {
+                reason: reason.into(),
+                message,
+                source_blocked: true,
+            })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(SOURCE_POLL) => {}
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
         }
     }
 }

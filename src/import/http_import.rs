@@ -63,7 +63,7 @@ pub async fn import(
 }
 
 /// The caBundle of the spec is base64 of a PEM chain.
-fn decode_ca_bundle(encoded: &str) -> Result<Vec<u8>, ImportError> {
+pub(crate) fn decode_ca_bundle(encoded: &str) -> Result<Vec<u8>, ImportError> {
     base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|error| {

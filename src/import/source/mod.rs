@@ -1,5 +1,6 @@
 //! Sources of image bytes.
 
+pub mod container_image;
 pub mod http;
 pub mod upload;
 
