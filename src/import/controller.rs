@@ -574,25 +574,20 @@ async fn receive_upload(
         .await;
         let progress = LiveProgress::default();
         writer.begin_transfer(&progress);
-        let result = {
-            let store = pipeline::store(
+        let result = with_status_ticks(
+            ctx,
+            writer,
+            &progress,
+            pipeline::store(
                 &ctx.dvcr,
                 &ctx.settings.pipeline,
                 request,
                 &mut upload,
                 &progress,
                 cancel,
-            );
-            tokio::pin!(store);
-            let mut ticker = tokio::time::interval(ctx.settings.status_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    result = &mut store => break result,
-                    _ = ticker.tick() => writer.write_transfer(&progress, None).await,
-                }
-            }
-        };
+            ),
+        )
+        .await;
         ctx.metrics.bytes_imported.inc_by(progress.received());
         match result {
             Ok(stored) => {
@@ -695,6 +690,24 @@ async fn acquire_slot<'a>(
     })
 }
 
+/// Drives `import` to its end, writing the transfer status once per status interval meanwhile.
+async fn with_status_ticks<T>(
+    ctx: &Context,
+    writer: &mut StatusWriter,
+    progress: &LiveProgress,
+    import: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(import);
+    let mut ticker = tokio::time::interval(ctx.settings.status_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut import => return result,
+            _ = ticker.tick() => writer.write_transfer(progress, None).await,
+        }
+    }
+}
+
 /// Runs `attempt` (one import from the source into DVCR) with a status write per interval,
 /// retrying transient failures with back-off.
 async fn transfer_with_retries<F, Fut>(
@@ -713,18 +726,7 @@ where
     loop {
         let progress = Arc::new(LiveProgress::default());
         writer.begin_transfer(&progress);
-        let result = {
-            let import = attempt(progress.clone());
-            tokio::pin!(import);
-            let mut ticker = tokio::time::interval(ctx.settings.status_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    result = &mut import => break result,
-                    _ = ticker.tick() => writer.write_transfer(&progress, None).await,
-                }
-            }
-        };
+        let result = with_status_ticks(ctx, writer, &progress, attempt(progress.clone())).await;
         ctx.metrics.bytes_imported.inc_by(progress.received());
         match result {
             Ok(stored) => {

@@ -25,7 +25,7 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::{SourceError, reason};
+use super::{SourceError, find_tls_error, reason};
 
 /// Credentials for the registry of the image, from the imagePullSecret.
 #[derive(Clone, PartialEq, Eq)]
@@ -759,29 +759,6 @@ fn describe_error(error: &(dyn StdError + 'static)) -> String {
         current = err.source();
     }
     parts.join(": ")
-}
-
-/// The rustls error behind a request error, if the TLS handshake failed.
-fn find_tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = current {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        // `io::Error::source` skips the wrapped error itself.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                return Some(tls);
-            }
-            if let Some(tls) = find_tls_error(inner) {
-                return Some(tls);
-            }
-        }
-        current = err.source();
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 
-use super::{SourceError, reason};
+use super::{SourceError, find_tls_error, reason};
 
 /// Tuning of an [`HttpDownload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -871,29 +871,6 @@ fn build_client(
             ),
         }
     })
-}
-
-/// The rustls error behind a request error, if the TLS handshake failed.
-fn find_tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = current {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        // `io::Error::source` skips the wrapped error itself.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                return Some(tls);
-            }
-            if let Some(tls) = find_tls_error(inner) {
-                return Some(tls);
-            }
-        }
-        current = err.source();
-    }
-    None
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {

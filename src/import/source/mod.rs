@@ -109,3 +109,28 @@ pub mod reason {
     /// A layer's bytes do not match its digest (restart).
     pub const LAYER_DIGEST_MISMATCH: &str = "LayerDigestMismatch";
 }
+
+/// The rustls error behind a request error, if the TLS handshake failed.
+pub(crate) fn find_tls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // `io::Error::source` skips the wrapped error itself.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            if let Some(tls) = find_tls_error(inner) {
+                return Some(tls);
+            }
+        }
+        current = err.source();
+    }
+    None
+}
