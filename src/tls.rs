@@ -13,6 +13,25 @@ pub fn install_crypto_provider() {
     }
 }
 
+/// Each `-----BEGIN CERTIFICATE-----` block of a PEM bundle as its own PEM: reqwest and
+/// oci-client take one certificate per entry.
+pub fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    let mut blocks = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + end + END.len();
+        blocks.push(format!("{}\n", &rest[start..end]).into_bytes());
+        rest = &rest[end..];
+    }
+    blocks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,7 +159,7 @@ impl Dvcr {
         if let Some(pem) = &config.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| DvcrError::Config(format!("DVCR CA is not valid PEM: {e}")))?;
-            let blocks = pem_certificates(pem);
+            let blocks = crate::tls::split_pem_certificates(pem);
             if certs.is_empty() || blocks.is_empty() {
                 return Err(DvcrError::Config(
                     "DVCR CA holds no certificate".to_string(),
@@ -776,25 +776,6 @@ fn check_digest(digest: &str) -> Result<(), DvcrError> {
     }
 }
 
-/// Each `-----BEGIN CERTIFICATE-----` block of a PEM bundle, as its own PEM: oci-client takes
-/// one certificate per entry.
-fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    let mut blocks = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find(BEGIN) {
-        let Some(end) = rest[start..].find(END) else {
-            break;
-        };
-        let end = start + end + END.len();
-        blocks.push(format!("{}\n", &rest[start..end]).into_bytes());
-        rest = &rest[end..];
-    }
-    blocks
-}
-
 /// The disk file of a stored image, as a stream of its bytes; see [`Dvcr::disk_file_stream`].
 pub struct DiskFileStream {
     stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
@@ -899,7 +880,7 @@ mod tests {
     fn pem_bundles_are_split() {
         let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
         let bundle = format!("junk\n{one}\n{one}\n");
-        let blocks = pem_certificates(bundle.as_bytes());
+        let blocks = crate::tls::split_pem_certificates(bundle.as_bytes());
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[0], format!("{one}\n").into_bytes());
     }

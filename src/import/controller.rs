@@ -401,8 +401,13 @@ async fn run_import(
         tag: cvi.uid().unwrap_or_default(),
         checksum: None,
     };
-    match (source.type_, &source.http, &source.object_ref) {
-        (DataSourceType::Http, Some(http), _) => {
+    match (
+        source.type_,
+        &source.http,
+        &source.object_ref,
+        &source.container_image,
+    ) {
+        (DataSourceType::Http, Some(http), _, _) => {
             let _slot = acquire_slot(ctx, writer, cancel).await?;
             ctx.publish(
                 cvi,
@@ -433,10 +438,7 @@ async fn run_import(
             .await?;
             Ok(stored_image(&stored))
         }
-        (DataSourceType::ContainerImage, _, _) if source.container_image.is_some() => {
-            let Some(image) = source.container_image.as_ref() else {
-                return Err(ImportError::Cancelled);
-            };
+        (DataSourceType::ContainerImage, _, _, Some(image)) => {
             let credentials = wait_for_pull_secret(ctx, image, writer, cancel).await?;
             let _slot = acquire_slot(ctx, writer, cancel).await?;
             ctx.publish(
@@ -483,7 +485,7 @@ async fn run_import(
             .await?;
             Ok(stored_image(&stored))
         }
-        (DataSourceType::ObjectRef, _, Some(reference)) => {
+        (DataSourceType::ObjectRef, _, Some(reference), _) => {
             let source = wait_for_source(ctx, reference, writer, cancel).await?;
             let _slot = acquire_slot(ctx, writer, cancel).await?;
             ctx.publish(
@@ -510,8 +512,10 @@ async fn run_import(
             };
             Ok(stored)
         }
-        (DataSourceType::Upload, _, _) => receive_upload(ctx, cvi, &request, writer, cancel).await,
-        (type_, _, _) => {
+        (DataSourceType::Upload, _, _, _) => {
+            receive_upload(ctx, cvi, &request, writer, cancel).await
+        }
+        (type_, _, _, _) => {
             writer
                 .write_now(&ImportState::Waiting {
                     reason: "SourceTypeNotSupported".into(),

@@ -665,7 +665,7 @@ fn build_client(ca_bundle_pem: Option<&[u8]>, shown: &str) -> Result<Client, Sou
     };
     let mut certificates = Vec::new();
     if let Some(pem) = ca_bundle_pem {
-        certificates = split_pem_certificates(pem);
+        certificates = crate::tls::split_pem_certificates(pem);
         if certificates.is_empty() {
             return Err(invalid("holds no PEM certificate".to_string()));
         }
@@ -694,24 +694,6 @@ fn build_client(ca_bundle_pem: Option<&[u8]>, shown: &str) -> Result<Client, Sou
             format!("the registry client for {shown} cannot be set up ({e})"),
         ),
     })
-}
-
-/// Each `CERTIFICATE` block of a PEM bundle on its own (reqwest reads one per PEM).
-fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    let mut blocks = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find(BEGIN) {
-        let Some(end) = rest[start..].find(END) else {
-            break;
-        };
-        let end = start + end + END.len();
-        blocks.push(format!("{}\n", &rest[start..end]).into_bytes());
-        rest = &rest[end..];
-    }
-    blocks
 }
 
 /// Removes the registry password from texts of the HTTP stack.
