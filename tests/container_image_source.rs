@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::assert_no_secret;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -140,19 +142,6 @@ fn layer_media_type(registry: &SourceRegistry, image: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn assert_no_secret(error: &SourceError, secrets: &[&str]) {
-    let texts = [
-        error.message.clone(),
-        error.to_string(),
-        format!("{error:?}"),
-    ];
-    for secret in secrets {
-        for text in &texts {
-            assert!(!text.contains(secret), "{secret:?} leaked in {text:?}");
-        }
-    }
 }
 
 async fn open_err(

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::assert_no_secret;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -65,19 +67,6 @@ fn dir_with_file(name: &str, size: u64) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let sha = write_random_file(&dir.path().join(name), size, size ^ name.len() as u64);
     (dir, sha)
-}
-
-fn assert_no_secret(error: &SourceError, secrets: &[&str]) {
-    let texts = [
-        error.message.clone(),
-        error.to_string(),
-        format!("{error:?}"),
-    ];
-    for secret in secrets {
-        for text in &texts {
-            assert!(!text.contains(secret), "{secret:?} leaked in {text:?}");
-        }
-    }
 }
 
 #[tokio::test]

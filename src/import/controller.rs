@@ -457,29 +457,21 @@ async fn run_import(
                 let (request, credentials, ca_bundle) =
                     (&request, credentials.clone(), ca_bundle.clone());
                 async move {
-                    // A layer whose bytes did not match its digest is read again from the start.
-                    let mut restarts = 0;
-                    loop {
-                        let disk = ContainerDisk::open(
-                            &image.image,
-                            ca_bundle.as_deref(),
-                            credentials.clone(),
-                        )
-                        .await?;
-                        match pipeline::store(
-                            &ctx.dvcr,
-                            &ctx.settings.pipeline,
-                            request,
-                            disk,
-                            &progress,
-                            cancel,
-                        )
-                        .await
-                        {
-                            Err(error) if error.needs_restart() && restarts < 3 => restarts += 1,
-                            result => return result,
-                        }
-                    }
+                    pipeline::store_restarting(
+                        &ctx.dvcr,
+                        &ctx.settings.pipeline,
+                        request,
+                        &progress,
+                        cancel,
+                        || {
+                            ContainerDisk::open(
+                                &image.image,
+                                ca_bundle.as_deref(),
+                                credentials.clone(),
+                            )
+                        },
+                    )
+                    .await
                 }
             })
             .await?;

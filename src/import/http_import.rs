@@ -13,9 +13,6 @@ use crate::import::pipeline::{
 use crate::import::source::http::{HttpDownload, HttpSourceOptions};
 use crate::import::source::{SourceError, SourceErrorKind};
 
-/// How often a file may change under its URL during one import before the import gives up.
-const MAX_RESTARTS: u32 = 3;
-
 impl ByteSource for HttpDownload {
     fn file_name(&self) -> String {
         HttpDownload::file_name(self)
@@ -43,23 +40,10 @@ pub async fn import(
         .as_deref()
         .map(decode_ca_bundle)
         .transpose()?;
-    let mut restarts = 0;
-    loop {
-        let download = tokio::select! {
-            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
-            download = HttpDownload::open(&source.url, ca_bundle.as_deref(), options.clone()) => download?,
-        };
-        match pipeline::store(dvcr, settings, request, download, progress, cancel).await {
-            Err(error) if error.needs_restart() && restarts < MAX_RESTARTS => {
-                restarts += 1;
-                tracing::info!(
-                    restarts,
-                    "the source changed or cannot resume; starting the import over"
-                );
-            }
-            result => return result,
-        }
-    }
+    pipeline::store_restarting(dvcr, settings, request, progress, cancel, || {
+        HttpDownload::open(&source.url, ca_bundle.as_deref(), options.clone())
+    })
+    .await
 }
 
 /// The caBundle of the spec is base64 of a PEM chain.

@@ -224,6 +224,44 @@ pub async fn store(
     })
 }
 
+/// How often one import may start over (a file that changed under its URL, a layer whose
+/// bytes did not match its digest) before it gives up.
+const MAX_RESTARTS: u32 = 3;
+
+/// `store` with a source that may ask to start over: `open` makes a fresh source, and the
+/// import starts again with fresh hash state and a fresh upload.
+pub async fn store_restarting<S, Fut>(
+    dvcr: &Dvcr,
+    settings: &PipelineSettings,
+    request: &ImportRequest,
+    progress: &LiveProgress,
+    cancel: &CancellationToken,
+    mut open: impl FnMut() -> Fut,
+) -> Result<StoredImport, ImportError>
+where
+    S: ByteSource,
+    Fut: Future<Output = Result<S, SourceError>>,
+{
+    let mut restarts = 0;
+    loop {
+        let source = tokio::select! {
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+            source = open() => source?,
+        };
+        match store(dvcr, settings, request, source, progress, cancel).await {
+            Err(error) if error.needs_restart() && restarts < MAX_RESTARTS => {
+                restarts += 1;
+                tracing::info!(
+                    restarts,
+                    reason = error.reason(),
+                    "starting the import over"
+                );
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Moves every byte from the source to the stages and the sink, gathered into chunks of
 /// `STAGE_CHUNK`; returns the byte count.
 async fn pump(

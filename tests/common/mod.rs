@@ -187,3 +187,17 @@ impl TestEnv {
         path
     }
 }
+
+/// Fails when any of `secrets` shows in the error's message, Display or Debug.
+pub fn assert_no_secret(error: &image_catalog::import::source::SourceError, secrets: &[&str]) {
+    let texts = [
+        error.message.clone(),
+        error.to_string(),
+        format!("{error:?}"),
+    ];
+    for secret in secrets {
+        for text in &texts {
+            assert!(!text.contains(secret), "{secret:?} leaked in {text:?}");
+        }
+    }
+}
