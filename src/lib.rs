@@ -5,10 +5,12 @@
 //! `dvcr` → `report`.
 
 pub mod api;
+pub mod catalog;
 pub mod daemon;
 pub mod dvcr;
 pub mod import;
 pub mod metrics;
+pub mod schedule;
 pub mod server;
 pub mod tls;
 pub mod upload_cli;

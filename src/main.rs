@@ -26,12 +26,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
+    /// Print the JSON Schema of catalog files (for editors), generated from the code.
+    Schema {
+        /// Write it to this file instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
+    /// Check catalog files without a cluster: exit status 1 and `file:line:column: message`
+    /// for each problem. For CI jobs and pre-commit hooks.
+    Validate {
+        /// A catalog folder (searched recursively for *.yaml and *.yml) or one file.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     image_catalog::tls::install_crypto_provider();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("image-catalog: {error:#}");
             ExitCode::FAILURE
@@ -39,8 +52,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Schema { write } => {
+            let text = image_catalog::catalog::document::json_schema_text();
+            match write {
+                None => print!("{text}"),
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { path } => validate(&path),
+        other => run_other(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let files =
+        image_catalog::catalog::read_dir(std::path::Path::new("."), &path.to_string_lossy())
+            .with_context(|| format!("reading catalog files under {}", path.display()))?;
+    if files.is_empty() {
+        anyhow::bail!("no *.yaml or *.yml files under {}", path.display());
+    }
+    match image_catalog::catalog::load(&files) {
+        Ok(images) => {
+            println!(
+                "{}: {} images in {} files, no problems",
+                path.display(),
+                images.len(),
+                files.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!(
+                "{} {}",
+                problems.len(),
+                if problems.len() == 1 {
+                    "problem"
+                } else {
+                    "problems"
+                }
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_other(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Controller(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(image_catalog::daemon::run(*args)),
@@ -60,5 +124,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Schema { .. } | Command::Validate { .. } => Ok(()),
     }
 }

@@ -46,3 +46,53 @@ fn crds_subcommand_prints_every_crd() {
     assert!(printed.contains("name: clustervirtualimages.virtualization.deckhouse.io"));
     assert!(printed.contains("name: virtualimages.virtualization.deckhouse.io"));
 }
+
+#[test]
+fn checked_in_catalog_schema_equals_the_generated_one() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog-schema/catalog.schema.json");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == image_catalog::catalog::document::json_schema_text(),
+        "catalog-schema/catalog.schema.json differs from the code; run: cargo run -- schema --write catalog-schema/catalog.schema.json"
+    );
+}
+
+#[test]
+fn validate_accepts_the_example_catalog_and_points_at_each_problem() {
+    let binary = env!("CARGO_BIN_EXE_image-catalog");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let good = std::process::Command::new(binary)
+        .args(["validate", "examples/catalog/images"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "images:\n  - name: Bad.Name\n    dataSource:\n      type: HTTP\n      http: {url: 'ftp://x/y'}\n",
+    )
+    .unwrap();
+    let bad = std::process::Command::new(binary)
+        .args(["validate", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stdout = String::from_utf8(bad.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("bad.yaml:2:11: images[0].name:"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("bad.yaml:5:19: images[0].dataSource.http.url:"),
+        "{stdout}"
+    );
+}

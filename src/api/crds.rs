@@ -4,11 +4,15 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use super::{ClusterVirtualImage, VirtualImage};
+use super::{ClusterVirtualImage, ImageCatalog, VirtualImage};
 
 /// Every CRD the project ships, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![ClusterVirtualImage::crd(), VirtualImage::crd()]
+    vec![
+        ClusterVirtualImage::crd(),
+        VirtualImage::crd(),
+        ImageCatalog::crd(),
+    ]
 }
 
 /// The file name a CRD is kept under in `deploy/crds/`.
