@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -79,6 +79,18 @@ pub struct ControllerArgs {
     /// How long an Upload image waits for its upload before it fails, in seconds.
     #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS", default_value_t = 600)]
     pub upload_timeout_seconds: u64,
+    /// Run the ImageCatalog controller (sync Git catalogs into ClusterVirtualImages).
+    #[arg(long, env = "CATALOG_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub catalog_controller: bool,
+    /// Where catalogs' Git repositories are cached (one folder per catalog).
+    #[arg(long, env = "GIT_CACHE_DIR")]
+    pub git_cache_dir: Option<PathBuf>,
+    /// Address of the Git webhook endpoint (`POST /hooks/<catalog>`).
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:8082")]
+    pub webhook_addr: SocketAddr,
+    /// Parallel API calls of a catalog sync (dry runs and applies).
+    #[arg(long, env = "SYNC_API_CONCURRENCY", default_value_t = 32)]
+    pub sync_api_concurrency: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -87,65 +99,102 @@ pub struct ControllerArgs {
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let dvcr = Dvcr::new(dvcr_config(&args, &client).await?).context("configuring DVCR access")?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
 
+    // Every part runs until the process ends; the first one to stop ends the daemon.
+    let mut parts: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
     let router = server::router(ServerState {
         metrics: metrics.clone(),
         ready: ready.clone(),
     });
-    let server = tokio::spawn(server::serve(args.metrics_addr, router));
+    let metrics_addr = args.metrics_addr;
+    parts.spawn(async move {
+        server::serve(metrics_addr, router)
+            .await
+            .with_context(|| format!("serving metrics on {metrics_addr}"))
+    });
 
-    if !args.import_controller {
+    if args.catalog_controller {
+        let settings = crate::sync::controller::SyncSettings {
+            namespace: args.namespace.clone(),
+            cache_dir: args
+                .git_cache_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("image-catalog-git")),
+            api_concurrency: args.sync_api_concurrency.max(1),
+        };
+        let sync = crate::sync::controller::new(client.clone(), settings, metrics.clone());
+        let hooks = crate::sync::webhook::router(
+            client.clone(),
+            args.namespace.clone(),
+            sync.trigger(),
+            metrics.clone(),
+        );
+        let webhook_addr = args.webhook_addr;
+        parts.spawn(async move {
+            server::serve(webhook_addr, hooks)
+                .await
+                .with_context(|| format!("serving webhooks on {webhook_addr}"))
+        });
+        parts.spawn(async move {
+            sync.run().await;
+            Ok(())
+        });
+        tracing::info!("catalog controller started");
+    }
+
+    if args.import_controller {
+        let dvcr =
+            Dvcr::new(dvcr_config(&args, &client).await?).context("configuring DVCR access")?;
+        let settings = ControllerSettings {
+            max_concurrent_imports: args.max_concurrent_imports,
+            selector: args.selector.clone(),
+            pipeline: PipelineSettings {
+                inspect: InspectLimits {
+                    max_unpacked_size: args.max_unpacked_size,
+                },
+                spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+            },
+            http: HttpSourceOptions::default(),
+            max_attempts: args.max_import_attempts.max(1),
+            retry_backoff: Duration::from_secs(10),
+            status_interval: Duration::from_secs(2),
+            namespace: args.namespace.clone(),
+            upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
+            upload_external_base: args
+                .upload_external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.upload_addr)),
+            upload_in_cluster_base: args
+                .upload_in_cluster_url
+                .clone()
+                .unwrap_or_else(|| format!("http://image-catalog-upload.{}.svc", args.namespace)),
+        };
+        let uploads = Arc::new(UploadGate::default());
+        let upload_addr = args.upload_addr;
+        let upload_router = uploads.clone().router();
+        parts.spawn(async move {
+            server::serve(upload_addr, upload_router)
+                .await
+                .with_context(|| format!("serving uploads on {upload_addr}"))
+        });
+        let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
+        tracing::info!(registry = %args.dvcr_registry, "import controller started");
+        let import_ready = ready.clone();
+        parts.spawn(async move {
+            controller::run(ctx, import_ready).await;
+            Ok(())
+        });
+    } else {
         tracing::info!("the import controller is switched off");
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        server
-            .await
-            .context("the HTTP server stopped")?
-            .context("serving HTTP")?;
-        return Ok(());
     }
-    let settings = ControllerSettings {
-        max_concurrent_imports: args.max_concurrent_imports,
-        selector: args.selector.clone(),
-        pipeline: PipelineSettings {
-            inspect: InspectLimits {
-                max_unpacked_size: args.max_unpacked_size,
-            },
-            spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
-        },
-        http: HttpSourceOptions::default(),
-        max_attempts: args.max_import_attempts.max(1),
-        retry_backoff: Duration::from_secs(10),
-        status_interval: Duration::from_secs(2),
-        namespace: args.namespace.clone(),
-        upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
-        upload_external_base: args
-            .upload_external_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", args.upload_addr)),
-        upload_in_cluster_base: args
-            .upload_in_cluster_url
-            .clone()
-            .unwrap_or_else(|| format!("http://image-catalog-upload.{}.svc", args.namespace)),
-    };
-    let uploads = Arc::new(UploadGate::default());
-    let upload_server = tokio::spawn(server::serve(args.upload_addr, uploads.clone().router()));
-    let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
-    tracing::info!(registry = %args.dvcr_registry, "import controller started");
-    tokio::select! {
-        _ = controller::run(ctx, ready) => Ok(()),
-        served = server => match served {
-            Ok(Ok(())) => bail!("the HTTP server stopped"),
-            Ok(Err(error)) => Err(error).context("serving HTTP"),
-            Err(error) => Err(error).context("the HTTP server stopped"),
-        },
-        served = upload_server => match served {
-            Ok(Ok(())) => bail!("the upload server stopped"),
-            Ok(Err(error)) => Err(error).with_context(|| format!("serving uploads on {}", args.upload_addr)),
-            Err(error) => Err(error).context("the upload server stopped"),
-        },
+
+    match parts.join_next().await {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(error))) => Err(error),
+        Some(Err(error)) => Err(error).context("a part of the daemon stopped"),
     }
 }
 

@@ -17,8 +17,23 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabel {
+    pub catalog: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CatalogLabel {
+    pub catalog: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub catalog_syncs: Family<SyncLabel, Counter>,
+    pub catalog_writes: Family<CatalogLabel, Counter>,
+    pub catalog_sync_seconds: Family<CatalogLabel, Histogram>,
+    pub webhooks: Family<ReasonLabel, Counter>,
     pub imports_in_flight: Gauge,
     pub imports_queued: Gauge,
     pub bytes_imported: Counter,
@@ -94,8 +109,39 @@ impl Metrics {
             "Reconciliations that failed, by error kind",
             reconcile_errors.clone(),
         );
+        let catalog_syncs = Family::<SyncLabel, Counter>::default();
+        registry.register(
+            "catalog_syncs",
+            "Catalog syncs, by catalog and result (applied, unchanged, invalid, fetch_failed, apply_failed, suspended)",
+            catalog_syncs.clone(),
+        );
+        let catalog_writes = Family::<CatalogLabel, Counter>::default();
+        registry.register(
+            "catalog_writes",
+            "Write calls a catalog's syncs made to the API server (applies, deletes, status)",
+            catalog_writes.clone(),
+        );
+        let catalog_sync_seconds = Family::<CatalogLabel, Histogram>::new_with_constructor(|| {
+            // 10 ms to about 80 s.
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register(
+            "catalog_sync_duration_seconds",
+            "Duration of catalog syncs, from reading Git to the status written",
+            catalog_sync_seconds.clone(),
+        );
+        let webhooks = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook calls by result (accepted, bad_signature, unknown_catalog, ...)",
+            webhooks.clone(),
+        );
         Self {
             registry,
+            catalog_syncs,
+            catalog_writes,
+            catalog_sync_seconds,
+            webhooks,
             imports_in_flight,
             imports_queued,
             bytes_imported,

@@ -1,0 +1,8 @@
+//! The ImageCatalog controller: fetch the catalog's commit, validate it whole, dry-run,
+//! apply, prune, record the inventory, and report on the commit.
+
+pub mod controller;
+pub mod plan;
+pub mod publish;
+pub mod status;
+pub mod webhook;

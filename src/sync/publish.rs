@@ -1,0 +1,310 @@
+//! Commit checks of catalogs: which provider each catalog reports to (built from its
+//! `commitStatus` and Secret), and the final state of commits that a newer one superseded.
+//! Delivery never blocks a sync: providers queue, de-duplicate and back off on their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::controller::SyncSettings;
+use super::status::{self, ImageState, Outcome};
+use crate::api::catalog::{CommitStatusProvider, ImageCatalog};
+use crate::git::{self, GitCredentials};
+use crate::report::{
+    CheckState, CommitCheck, ForgeConfig, ForgeCredentials, ProviderKind, Reporter,
+};
+
+/// The notes ref the `GitNotes` provider writes.
+pub const NOTES_REF: &str = "refs/notes/image-catalog";
+
+pub struct Publishers {
+    client: Client,
+    settings: SyncSettings,
+    sinks: Mutex<HashMap<String, (String, Sink)>>,
+    /// The last check sent per catalog: (commit, state).
+    last: Mutex<HashMap<String, (String, CheckState)>>,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Forge(Reporter),
+    GitNotes(GitNotes),
+}
+
+impl Sink {
+    async fn send(&self, check: CommitCheck) {
+        match self {
+            Self::Forge(reporter) => reporter.report(check).await,
+            Self::GitNotes(notes) => notes.send(check),
+        }
+    }
+}
+
+impl Publishers {
+    pub fn new(client: Client, settings: SyncSettings) -> Self {
+        Self {
+            client,
+            settings,
+            sinks: Mutex::new(HashMap::new()),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reports the outcome of a sync on its commit, and gives the commit it replaced a final
+    /// state if that one was still pending.
+    pub async fn publish(&self, catalog: &ImageCatalog, outcome: &Outcome, images: &[ImageState]) {
+        let Some(settings) = &catalog.spec.commit_status else {
+            return;
+        };
+        let name = catalog.name_any();
+        let context = format!("{}/{name}", settings.context_prefix);
+        let Some(check) =
+            status::commit_check(&context, outcome, images, settings.target_url.clone())
+        else {
+            return;
+        };
+        let sink = match self.sink(catalog).await {
+            Ok(sink) => sink,
+            Err(message) => {
+                tracing::warn!(catalog = %name, "{message}; commit checks are not sent");
+                return;
+            }
+        };
+        let replaced =
+            self.last.lock().ok().and_then(|mut last| {
+                last.insert(name.clone(), (check.commit.clone(), check.state))
+            });
+        if let Some((old_commit, CheckState::Pending)) = replaced
+            && old_commit != check.commit
+        {
+            sink.send(CommitCheck {
+                commit: old_commit,
+                context: context.clone(),
+                state: CheckState::Superseded,
+                description: format!(
+                    "Superseded by {} before its images were Ready",
+                    status::short(&check.commit)
+                ),
+                details: Vec::new(),
+                target_url: settings.target_url.clone(),
+            })
+            .await;
+        }
+        sink.send(check).await;
+    }
+
+    /// The catalog's provider, rebuilt when its settings or Secret change.
+    async fn sink(&self, catalog: &ImageCatalog) -> Result<Sink, String> {
+        let name = catalog.name_any();
+        let Some(settings) = &catalog.spec.commit_status else {
+            return Err("no commitStatus".into());
+        };
+        let secret_name = match settings.provider {
+            CommitStatusProvider::GitNotes => catalog.spec.git.secret_ref.as_ref(),
+            _ => settings.secret_ref.as_ref(),
+        }
+        .map(|s| s.name.clone());
+        let (data, version) = match &secret_name {
+            Some(secret) => self.read_secret(secret).await?,
+            None => (BTreeMap::new(), String::new()),
+        };
+        let key = format!(
+            "{}|{}|{version}",
+            serde_json::to_string(settings).unwrap_or_default(),
+            serde_json::to_string(&catalog.spec.git).unwrap_or_default()
+        );
+        if let Ok(sinks) = self.sinks.lock()
+            && let Some((known, sink)) = sinks.get(&name)
+            && *known == key
+        {
+            return Ok(sink.clone());
+        }
+        let sink = match settings.provider {
+            CommitStatusProvider::GitNotes => {
+                let credentials = GitCredentials::from_secret_data(&data)
+                    .map_err(|error| format!("the Git Secret: {error}"))?;
+                Sink::GitNotes(GitNotes::start(
+                    self.settings.cache_dir.join(format!("{name}.notes")),
+                    catalog.spec.git.url.clone(),
+                    credentials,
+                ))
+            }
+            provider => {
+                let text = |key: &str| {
+                    data.get(key)
+                        .and_then(|value| String::from_utf8(value.clone()).ok())
+                        .map(|value| value.trim().to_string())
+                };
+                let credentials = match provider {
+                    CommitStatusProvider::GitHubCheckRun => ForgeCredentials::GitHubApp {
+                        app_id: text("appID").ok_or("the Secret has no appID")?,
+                        installation_id: text("installationID")
+                            .ok_or("the Secret has no installationID")?,
+                        private_key_pem: text("privateKey")
+                            .ok_or("the Secret has no privateKey")?,
+                    },
+                    _ => ForgeCredentials::Token(text("token").ok_or("the Secret has no token")?),
+                };
+                let kind = match provider {
+                    CommitStatusProvider::GitHub => ProviderKind::GitHubStatus,
+                    CommitStatusProvider::GitHubCheckRun => ProviderKind::GitHubCheckRun,
+                    CommitStatusProvider::Gitea | CommitStatusProvider::Forgejo => {
+                        ProviderKind::Gitea
+                    }
+                    CommitStatusProvider::GitLab | CommitStatusProvider::GitNotes => {
+                        ProviderKind::GitLab
+                    }
+                };
+                let config = ForgeConfig {
+                    kind,
+                    api_url: settings
+                        .api_url
+                        .clone()
+                        .unwrap_or_else(|| "https://api.github.com".into()),
+                    repository: settings.repository.clone().unwrap_or_default(),
+                    credentials,
+                    ca_pem: data.get("ca.crt").cloned(),
+                };
+                Sink::Forge(
+                    Reporter::new(config).map_err(|error| {
+                        format!("setting up the commit-status provider: {error}")
+                    })?,
+                )
+            }
+        };
+        if let Ok(mut sinks) = self.sinks.lock() {
+            sinks.insert(name, (key, sink.clone()));
+        }
+        Ok(sink)
+    }
+
+    async fn read_secret(&self, name: &str) -> Result<(BTreeMap<String, Vec<u8>>, String), String> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        match api.get_opt(name).await {
+            Ok(Some(secret)) => {
+                let version = secret.resource_version().unwrap_or_default();
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, value)| (key, value.0))
+                    .collect();
+                Ok((data, version))
+            }
+            Ok(None) => Err(format!(
+                "Secret {}/{name} does not exist",
+                self.settings.namespace
+            )),
+            Err(error) => Err(format!(
+                "reading Secret {}/{name}: {error}",
+                self.settings.namespace
+            )),
+        }
+    }
+}
+
+/// The `GitNotes` provider: one note per commit under `refs/notes/image-catalog` in the
+/// catalog's own repository, with a section per check context. Works with any Git server.
+#[derive(Clone)]
+pub struct GitNotes {
+    queue: mpsc::UnboundedSender<CommitCheck>,
+}
+
+impl GitNotes {
+    pub fn start(cache: PathBuf, url: String, credentials: GitCredentials) -> Self {
+        let (queue, mut receiver) = mpsc::unbounded_channel::<CommitCheck>();
+        tokio::spawn(async move {
+            // The sections of each commit's note, and what was last pushed.
+            let mut notes: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            let mut pushed: HashMap<String, String> = HashMap::new();
+            while let Some(first) = receiver.recv().await {
+                // Latest wins: take everything queued and push each commit's note once.
+                let mut batch = vec![first];
+                while let Ok(more) = receiver.try_recv() {
+                    batch.push(more);
+                }
+                for check in batch {
+                    notes
+                        .entry(check.commit.clone())
+                        .or_default()
+                        .insert(check.context.clone(), note_section(&check));
+                }
+                for (commit, sections) in &notes {
+                    let text = sections.values().cloned().collect::<Vec<_>>().join("\n");
+                    if pushed.get(commit) == Some(&text) {
+                        continue;
+                    }
+                    let (cache, url, credentials, commit_id, body) = (
+                        cache.clone(),
+                        url.clone(),
+                        credentials.clone(),
+                        commit.clone(),
+                        text.clone(),
+                    );
+                    let result = tokio::task::spawn_blocking(move || {
+                        git::push_note(&cache, &url, &credentials, &commit_id, NOTES_REF, &body)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(())) => {
+                            pushed.insert(commit.clone(), text);
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(commit = %status::short(commit), %error, "could not push the commit note; retrying with the next update")
+                        }
+                        Err(error) => tracing::warn!(%error, "the note push stopped"),
+                    }
+                }
+                // Keep memory bounded: only commits whose note is not pushed yet, and the
+                // most recent ones.
+                if notes.len() > 64 {
+                    notes.retain(|commit, _| !pushed.contains_key(commit));
+                    pushed.clear();
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    fn send(&self, check: CommitCheck) {
+        let _ = self.queue.send(check);
+    }
+}
+
+/// One context's section of a commit note:
+///
+/// ```text
+/// image-catalog/base: pending
+/// 12/14 Ready, 2 importing
+///   debian-12  Provisioning  45%
+/// ```
+pub fn note_section(check: &CommitCheck) -> String {
+    let state = match check.state {
+        CheckState::Pending => "pending",
+        CheckState::Success => "success",
+        CheckState::Failure => "failure",
+        CheckState::Error => "error",
+        CheckState::Superseded => "superseded",
+    };
+    let mut text = format!("{}: {state}\n{}\n", check.context, check.description);
+    for row in &check.details {
+        text.push_str(&format!(
+            "  {}  {}{}{}\n",
+            row.name,
+            row.phase,
+            row.progress
+                .as_deref()
+                .map(|p| format!("  {p}"))
+                .unwrap_or_default(),
+            row.message
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    text
+}
