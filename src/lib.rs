@@ -11,6 +11,7 @@ pub mod dvcr;
 pub mod git;
 pub mod import;
 pub mod metrics;
+pub mod plan_cli;
 pub mod report;
 pub mod schedule;
 pub mod server;

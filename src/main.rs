@@ -26,6 +26,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
+    /// Show what a sync of a catalog would create, update, recreate, prune or refuse,
+    /// against the cluster, without changing anything.
+    Plan(image_catalog::plan_cli::PlanArgs),
     /// Print the JSON Schema of catalog files (for editors), generated from the code.
     Schema {
         /// Write it to this file instead of printing it.
@@ -64,6 +67,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => validate(&path),
+        Command::Plan(args) => {
+            let clean = tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(image_catalog::plan_cli::run(args))?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         other => run_other(other).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -124,6 +137,6 @@ fn run_other(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Schema { .. } | Command::Validate { .. } => Ok(()),
+        Command::Schema { .. } | Command::Validate { .. } | Command::Plan(_) => Ok(()),
     }
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -25,8 +24,7 @@ use super::status::{self, ImageState, Outcome};
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::{ImageCatalog, ImageCatalogStatus, keys};
 use crate::api::status::condition::READY;
-use crate::catalog::{self, CatalogImage, Problem, SourceFile};
-use crate::git::{self, GitCredentials, GitReference};
+use crate::catalog::{CatalogImage, Problem};
 use crate::metrics::{CatalogLabel, Metrics, SyncLabel};
 
 /// Removed once the catalog's images are pruned (with `prune: true`).
@@ -345,100 +343,26 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
     {
         return Ok(memory.clone());
     }
-    let git = &catalog.spec.git;
-    let credentials = match &git.secret_ref {
-        None => GitCredentials::default(),
-        Some(secret) => {
-            let data =
-                read_secret(ctx, &secret.name)
-                    .await
-                    .map_err(|message| Outcome::FetchFailed {
-                        reason: "GitCredentialsMissing".into(),
-                        message,
-                    })?;
-            GitCredentials::from_secret_data(&data).map_err(|error| Outcome::FetchFailed {
-                reason: error.reason().into(),
-                message: format!("Secret {}/{}: {error}", ctx.settings.namespace, secret.name),
-            })?
-        }
-    };
-    let reference = match (
-        &git.reference.branch,
-        &git.reference.tag,
-        &git.reference.commit,
-    ) {
-        (Some(branch), _, _) => GitReference::Branch(branch.clone()),
-        (_, Some(tag), _) => GitReference::Tag(tag.clone()),
-        (_, _, Some(commit)) => GitReference::Commit(commit.clone()),
-        _ => {
-            return Err(Outcome::FetchFailed {
-                reason: "InvalidSpec".into(),
-                message: "spec.git.ref names no branch, tag or commit".into(),
-            });
-        }
-    };
-    let cache = ctx.settings.cache_dir.join(&name);
-    let url = git.url.clone();
-    let path = git.path.clone();
+    let credentials =
+        super::source::credentials(&ctx.client, &ctx.settings.namespace, catalog).await?;
     // Same commit and same spec: the files are what the last fetch read.
-    let previous_commit = remembered
-        .as_ref()
-        .filter(|m| m.generation == generation)
-        .map(|m| m.commit.clone());
-    let fetched = tokio::task::spawn_blocking(move || {
-        let fetched = git::fetch(&cache, &url, &reference, &credentials)?;
-        if previous_commit.as_deref() == Some(fetched.commit.as_str()) {
-            return Ok((fetched.commit, None));
-        }
-        let files = git::read_files(&cache, &fetched.commit, &path)?;
-        Ok::<_, git::GitError>((fetched.commit, Some(files)))
-    })
-    .await
-    .map_err(|error| Outcome::FetchFailed {
-        reason: "GitError".into(),
-        message: format!("the Git fetch stopped: {error}"),
-    })?
-    .map_err(|error| Outcome::FetchFailed {
-        reason: error.reason().into(),
-        message: format!(
-            "Fetching {} of {}: {error}",
-            git.reference.describe(),
-            redact(&git.url)
-        ),
-    })?;
-    let (commit, files) = fetched;
-    let loaded = match (
-        files,
-        remembered.as_ref().filter(|m| m.generation == generation),
-    ) {
-        (Some(files), _) => {
-            let files: Vec<SourceFile> = files
-                .into_iter()
-                .map(|(path, content)| SourceFile { path, content })
-                .collect();
-            Arc::new(if files.is_empty() {
-                Err(vec![Problem {
-                    location: catalog::Location {
-                        file: git.path.clone(),
-                        line: 1,
-                        column: 1,
-                    },
-                    message: format!(
-                        "no *.yaml or *.yml files under {}; an empty catalog would prune every image, so it is refused — check spec.git.path",
-                        git.path
-                    ),
-                }])
-            } else {
-                catalog::load(&files)
-            })
-        }
+    let same_spec = remembered.as_ref().filter(|m| m.generation == generation);
+    let fetched = super::source::fetch(
+        &ctx.settings.cache_dir.join(&name),
+        catalog,
+        credentials,
+        same_spec.map(|m| m.commit.clone()),
+    )
+    .await?;
+    let loaded = match (fetched.files, same_spec) {
+        (Some(files), _) => Arc::new(super::source::load(&catalog.spec.git.path, &files)),
         (None, Some(memory)) => memory.loaded.clone(),
         (None, None) => Arc::new(Ok(Vec::new())),
     };
     let memory = Memory {
         generation,
         fetched_at: Instant::now(),
-        commit,
+        commit: fetched.commit,
         loaded,
         fetch_requested: false,
     };
@@ -446,41 +370,6 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
         all.insert(name, memory.clone());
     }
     Ok(memory)
-}
-
-/// `https://user:secret@host/x` → `https://host/x`: URLs may carry credentials.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
-async fn read_secret(
-    ctx: &Context,
-    name: &str,
-) -> std::result::Result<std::collections::BTreeMap<String, Vec<u8>>, String> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    match api.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect()),
-        Ok(None) => Err(format!(
-            "Secret {}/{name} does not exist; create it with the credentials, or remove the secretRef",
-            ctx.settings.namespace
-        )),
-        Err(error) => Err(format!(
-            "reading Secret {}/{name}: {error}",
-            ctx.settings.namespace
-        )),
-    }
 }
 
 /// Plans the commit against the cluster and writes it: everything or nothing for invalid
@@ -523,7 +412,7 @@ async fn apply_commit(
             interval,
         );
     }
-    let refused = dry_run(ctx, &plan, &commit).await;
+    let refused = dry_run(&ctx.client, ctx.settings.api_concurrency, &plan, &commit).await;
     if !refused.is_empty() {
         return (
             Outcome::Invalid {
@@ -577,8 +466,13 @@ fn plan_against_cluster(
 
 /// Offers every create and update to the API server as a dry run: its CRD schema, CEL
 /// rules and admission policies get their say before anything is written.
-async fn dry_run(ctx: &Context, plan: &Plan, commit: &str) -> Vec<Problem> {
-    let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
+pub async fn dry_run(
+    client: &Client,
+    concurrency: usize,
+    plan: &Plan,
+    commit: &str,
+) -> Vec<Problem> {
+    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     // Owned items: a stream of borrowed ones trips the compiler's Send check in spawned
     // reconciles.
@@ -618,7 +512,7 @@ async fn dry_run(ctx: &Context, plan: &Plan, commit: &str) -> Vec<Problem> {
                 }
             }
         })
-        .buffer_unordered(ctx.settings.api_concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .filter_map(|problem| async move { problem })
         .collect()
         .await;
@@ -847,14 +741,5 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5d"), None);
         assert_eq!(parse_duration(""), None);
-    }
-
-    #[test]
-    fn credentials_in_urls_never_reach_messages() {
-        assert_eq!(
-            redact("https://user:hunter2@git.example/c.git"),
-            "https://git.example/c.git"
-        );
-        assert_eq!(redact("git@git.example:c.git"), "git@git.example:c.git");
     }
 }

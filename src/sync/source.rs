@@ -1,0 +1,170 @@
+//! Reading a catalog's commit: credentials from its Secret, a fetch off the async runtime,
+//! the catalog files under its path. Shared by the controller and `image-catalog plan`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use super::status::Outcome;
+use crate::api::catalog::ImageCatalog;
+use crate::catalog::{self, CatalogImage, Location, Problem, SourceFile};
+use crate::git::{self, GitCredentials, GitReference};
+
+/// The Git credentials a catalog names, or a FetchFailed outcome that says what is wrong.
+pub async fn credentials(
+    client: &Client,
+    namespace: &str,
+    catalog: &ImageCatalog,
+) -> Result<GitCredentials, Outcome> {
+    let Some(secret) = &catalog.spec.git.secret_ref else {
+        return Ok(GitCredentials::default());
+    };
+    let data = read_secret(client, namespace, &secret.name)
+        .await
+        .map_err(|message| Outcome::FetchFailed {
+            reason: "GitCredentialsMissing".into(),
+            message,
+        })?;
+    GitCredentials::from_secret_data(&data).map_err(|error| Outcome::FetchFailed {
+        reason: error.reason().into(),
+        message: format!("Secret {namespace}/{}: {error}", secret.name),
+    })
+}
+
+/// A Secret's data, with a message that says what to do when it cannot be read.
+pub async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(secret)) => Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect()),
+        Ok(None) => Err(format!(
+            "Secret {namespace}/{name} does not exist; create it with the credentials, or remove the secretRef"
+        )),
+        Err(error) => Err(format!("reading Secret {namespace}/{name}: {error}")),
+    }
+}
+
+pub struct Fetched {
+    pub commit: String,
+    /// None when the commit is `known_commit`: nothing to read again.
+    pub files: Option<Vec<SourceFile>>,
+}
+
+/// Fetches the catalog's revision into `cache` and reads its files, unless the commit is
+/// `known_commit`.
+pub async fn fetch(
+    cache: &Path,
+    catalog: &ImageCatalog,
+    credentials: GitCredentials,
+    known_commit: Option<String>,
+) -> Result<Fetched, Outcome> {
+    let git = &catalog.spec.git;
+    let reference = match (
+        &git.reference.branch,
+        &git.reference.tag,
+        &git.reference.commit,
+    ) {
+        (Some(branch), _, _) => GitReference::Branch(branch.clone()),
+        (_, Some(tag), _) => GitReference::Tag(tag.clone()),
+        (_, _, Some(commit)) => GitReference::Commit(commit.clone()),
+        _ => {
+            return Err(Outcome::FetchFailed {
+                reason: "InvalidSpec".into(),
+                message: "spec.git.ref names no branch, tag or commit".into(),
+            });
+        }
+    };
+    let cache: PathBuf = cache.to_path_buf();
+    let url = git.url.clone();
+    let path = git.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let fetched = git::fetch(&cache, &url, &reference, &credentials)?;
+        if known_commit.as_deref() == Some(fetched.commit.as_str()) {
+            return Ok(Fetched {
+                commit: fetched.commit,
+                files: None,
+            });
+        }
+        let files = git::read_files(&cache, &fetched.commit, &path)?
+            .into_iter()
+            .map(|(path, content)| SourceFile { path, content })
+            .collect();
+        Ok::<_, git::GitError>(Fetched {
+            commit: fetched.commit,
+            files: Some(files),
+        })
+    })
+    .await
+    .map_err(|error| Outcome::FetchFailed {
+        reason: "GitError".into(),
+        message: format!("the Git fetch stopped: {error}"),
+    })?
+    .map_err(|error| Outcome::FetchFailed {
+        reason: error.reason().into(),
+        message: format!(
+            "Fetching {} of {}: {error}",
+            git.reference.describe(),
+            redact(&git.url)
+        ),
+    })
+}
+
+/// The images of a commit's files. No files at all is refused: an empty catalog would
+/// prune every image, which is never what a wrong `path` means.
+pub fn load(path: &str, files: &[SourceFile]) -> Result<Vec<CatalogImage>, Vec<Problem>> {
+    if files.is_empty() {
+        return Err(vec![Problem {
+            location: Location {
+                file: path.to_string(),
+                line: 1,
+                column: 1,
+            },
+            message: format!(
+                "no *.yaml or *.yml files under {path}; an empty catalog would prune every image, so it is refused: check spec.git.path"
+            ),
+        }]);
+    }
+    catalog::load(files)
+}
+
+/// `https://user:secret@host/x` → `https://host/x`: URLs may carry credentials.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_never_reach_messages() {
+        assert_eq!(
+            redact("https://user:hunter2@git.example/c.git"),
+            "https://git.example/c.git"
+        );
+        assert_eq!(redact("git@git.example:c.git"), "git@git.example:c.git");
+    }
+
+    #[test]
+    fn a_commit_without_catalog_files_is_refused_rather_than_pruning_everything() {
+        let problems = load("images", &[]).unwrap_err();
+        assert!(problems[0].to_string().starts_with("images:1:1: no *.yaml"));
+    }
+}
