@@ -73,7 +73,7 @@ fn start_controller(env: &TestEnv, dir: &Path, port: u16, upload_port: u16) -> C
     let kubeconfig = env.daemon_kubeconfig(dir);
     let command = format!(
         "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{port} \
-         --max-concurrent-imports 6 --max-import-attempts 2 \
+         --max-concurrent-imports 6 --max-import-attempts 2 --catalog-controller=false \
          --upload-addr 127.0.0.1:{upload_port} --upload-external-url http://127.0.0.1:{upload_port} \
          --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc --upload-timeout-seconds {UPLOAD_TIMEOUT} \
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",

@@ -191,22 +191,31 @@ impl DocumentInFile<'_> {
             };
             vec![self.problem(pointer, message)]
         })?;
-        self.check_schema(&kind)?;
-        let images = match kind {
-            DocumentKind::ImageList => {
-                let list: ImageList = self.typed()?;
-                list.images
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, entry)| self.entry(&format!("/images/{index}"), entry))
-                    .collect()
-            }
-            DocumentKind::Cvi => {
-                let manifest: CviManifest = self.typed()?;
-                vec![self.manifest(manifest)]
-            }
+        // Schema problems do not stop the other checks when the document still reads as
+        // its type: a commit's author sees every problem at once.
+        let schema_problems = self.check_schema(&kind).err().unwrap_or_default();
+        let typed = match kind {
+            DocumentKind::ImageList => self.typed::<ImageList>().map(|list| (Some(list), None)),
+            DocumentKind::Cvi => self
+                .typed::<CviManifest>()
+                .map(|manifest| (None, Some(manifest))),
         };
-        let mut problems = Vec::new();
+        let (list, manifest) = match typed {
+            Ok(typed) => typed,
+            Err(problems) if schema_problems.is_empty() => return Err(problems),
+            Err(_) => return Err(schema_problems),
+        };
+        let images = match (list, manifest) {
+            (Some(list), _) => list
+                .images
+                .into_iter()
+                .enumerate()
+                .map(|(index, entry)| self.entry(&format!("/images/{index}"), entry))
+                .collect(),
+            (None, Some(manifest)) => vec![self.manifest(manifest)],
+            (None, None) => Vec::new(),
+        };
+        let mut problems = schema_problems;
         let mut found = Vec::new();
         for (pointer, image) in images {
             match self.check_image(&pointer, &image) {

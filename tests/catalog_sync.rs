@@ -1,0 +1,669 @@
+//! End to end: ImageCatalogs synced from real Git remotes (`git daemon`, smart HTTP behind
+//! nginx with basic auth) by the real daemon binary under the shipped ServiceAccount, into
+//! ClusterVirtualImages imported into the real DVCR from a real HTTP server.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::file_server::{Behavior, FileServer};
+use common::git_server::{GitDaemon, HttpGitServer, TestRepo, git};
+use common::{TestEnv, testenv, wait_for};
+use serde_json::Value;
+
+const SUITE_LABEL: &str = "image-catalog.test/suite";
+const SUITE: &str = "catalog";
+const WEBHOOK_SECRET: &str = "hook-s3cret";
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+struct World {
+    env: &'static TestEnv,
+    http: FileServer,
+    webhook_port: u16,
+    metrics_port: u16,
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+/// The daemon, stopped when the test process ends (see tests/import.rs).
+struct Daemon(#[allow(dead_code)] Child);
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let env = testenv();
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("stall")).unwrap();
+        make_images(&images);
+        let http = FileServer::start(&images);
+        // Images under /stall/ never finish downloading: they stay Provisioning.
+        http.set_behavior("/stall/", Behavior::default().stall_after(4096, u64::MAX));
+        env.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            common::repo_root().join("deploy/crds").to_str().unwrap(),
+        ]);
+        env.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            common::repo_root().join("deploy/policies").to_str().unwrap(),
+        ]);
+        let kubeconfig = env.daemon_kubeconfig(dir.path());
+        let webhook_secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: test-webhook, namespace: image-catalog}}\nstringData: {{token: {WEBHOOK_SECRET}}}\n"
+        );
+        let out = env.kubectl_with_input(&["apply", "-f", "-"], &webhook_secret);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (webhook_port, metrics_port) = (free_port(), free_port());
+        let daemon = start_daemon(env, dir.path(), &kubeconfig, webhook_port, metrics_port);
+        World {
+            env,
+            http,
+            webhook_port,
+            metrics_port,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_daemon(
+    env: &TestEnv,
+    dir: &Path,
+    kubeconfig: &Path,
+    webhook_port: u16,
+    metrics_port: u16,
+) -> Daemon {
+    let log = dir.join("daemon.log");
+    let command = format!(
+        "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{metrics_port} \
+         --upload-addr 127.0.0.1:{upload} --webhook-addr 127.0.0.1:{webhook_port} \
+         --git-cache-dir '{cache}' --max-import-attempts 1 \
+         >'{log}' 2>&1 & pid=$!; read _; kill $pid",
+        bin = env!("CARGO_BIN_EXE_image-catalog"),
+        upload = free_port(),
+        cache = dir.join("git-cache").display(),
+        log = log.display(),
+    );
+    eprintln!("daemon log: {}", log.display());
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(&env.vars)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,image_catalog=debug")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the daemon starts");
+    Daemon(child)
+}
+
+fn make_images(dir: &Path) {
+    let raw = dir.join("disk.raw");
+    let mut bytes = vec![0u8; 2 << 20];
+    let mut state = 0x2545f4914f6cdd1du64;
+    for byte in &mut bytes[..1 << 20] {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    std::fs::write(&raw, &bytes).unwrap();
+    for (source, target) in [("disk.raw", "disk.qcow2"), ("disk.raw", "stall/disk.qcow2")] {
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(dir.join(source))
+            .arg(dir.join(target))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    std::fs::copy(&raw, dir.join("other.raw")).unwrap();
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// A catalog file with one HTTP image per (name, path on the file server).
+fn catalog_file(entries: &[(&str, &str)]) -> String {
+    let http = &world().http;
+    let mut text = String::from("images:\n");
+    for (name, path) in entries {
+        text.push_str(&format!(
+            "  - name: {name}\n    labels: {{example.com/os: linux}}\n    dataSource:\n      type: HTTP\n      http: {{url: '{}'}}\n",
+            http.url(path)
+        ));
+    }
+    text
+}
+
+fn apply(yaml: &str) {
+    let out = world()
+        .env
+        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An ImageCatalog following `main` of `url`, that labels its images for this suite's daemon.
+fn apply_catalog(name: &str, url: &str, extra: &str) {
+    apply(&format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: {name}}}\n\
+         spec:\n  git: {{url: '{url}', ref: {{branch: main}}, path: images}}\n  interval: 1h\n\
+         \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n  webhook: {{secretRef: {{name: test-webhook}}}}\n{extra}"
+    ));
+}
+
+fn get(kind: &str, name: &str) -> Option<Value> {
+    let out = world()
+        .env
+        .kubectl()
+        .args(["get", kind, name, "-o", "json"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn catalog(name: &str) -> Value {
+    get("imagecatalog", name).unwrap_or_else(|| panic!("ImageCatalog {name} exists"))
+}
+
+fn condition(object: &Value, kind: &str) -> Option<Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+fn wait_for_catalog(name: &str, what: &str, mut probe: impl FnMut(&Value) -> bool) -> Value {
+    wait_for(what, TIMEOUT, || {
+        let catalog = catalog(name);
+        probe(&catalog).then_some(catalog)
+    })
+}
+
+fn phase(name: &str) -> Option<String> {
+    get("cvi", name).and_then(|cvi| cvi["status"]["phase"].as_str().map(str::to_string))
+}
+
+fn wait_for_phase(name: &str, wanted: &str) {
+    wait_for(&format!("{name} to be {wanted}"), TIMEOUT, || {
+        (phase(name).as_deref() == Some(wanted)).then_some(())
+    });
+}
+
+/// A push webhook as GitHub sends it, signed with `secret`.
+fn push_webhook(catalog: &str, secret: &str) -> u16 {
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "X-GitHub-Event: push"])
+        .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
+        .args(["--data-binary", std::str::from_utf8(body).unwrap()])
+        .arg(format!(
+            "http://127.0.0.1:{}/hooks/{catalog}",
+            world().webhook_port
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn metric(name: &str, catalog: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-sS", "--noproxy", "*"])
+        .arg(format!("http://127.0.0.1:{}/metrics", world().metrics_port))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(&format!("catalog=\"{catalog}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Deletes the catalog (and, as it prunes, its images) when a test ends.
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = world()
+            .env
+            .kubectl()
+            .args([
+                "delete",
+                "imagecatalog",
+                self.0,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
+/// The note of `commit` under refs/notes/image-catalog, read with the git CLI from a fresh
+/// clone of `url`.
+fn note(url: &str, commit: &str) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q"]);
+    let fetched = Command::new("git")
+        .current_dir(dir.path())
+        .args([
+            "fetch",
+            "-q",
+            url,
+            "refs/notes/image-catalog:refs/notes/image-catalog",
+        ])
+        .output()
+        .unwrap();
+    if !fetched.status.success() {
+        return None;
+    }
+    let shown = Command::new("git")
+        .current_dir(dir.path())
+        .args(["notes", "--ref", "image-catalog", "show", commit])
+        .output()
+        .unwrap();
+    shown
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&shown.stdout).into_owned())
+}
+
+// ---- tests --------------------------------------------------------------------------------
+
+#[test]
+fn a_commit_becomes_ready_images_and_a_success_note_on_the_commit() {
+    let _cleanup = Cleanup("cat-basic");
+    let repo = TestRepo::new();
+    let commit = repo.commit(
+        &[(
+            "images/base.yaml",
+            &catalog_file(&[("cat-basic-a", "disk.qcow2"), ("cat-basic-b", "other.raw")]),
+        )],
+        "two images",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog("cat-basic", &url, "  commitStatus: {provider: GitNotes}\n");
+
+    wait_for_phase("cat-basic-a", "Ready");
+    wait_for_phase("cat-basic-b", "Ready");
+    let cvi = get("cvi", "cat-basic-a").unwrap();
+    let annotations = &cvi["metadata"]["annotations"];
+    assert_eq!(
+        cvi["metadata"]["labels"]["imagecatalog.dev/catalog"],
+        "cat-basic"
+    );
+    assert_eq!(cvi["metadata"]["labels"]["example.com/os"], "linux");
+    assert_eq!(annotations["imagecatalog.dev/source"], "images/base.yaml");
+    assert_eq!(annotations["imagecatalog.dev/commit"], commit.as_str());
+
+    let status = wait_for_catalog("cat-basic", "the catalog to be Ready", |c| {
+        condition(c, "Ready").is_some_and(|r| r["status"] == "True")
+    });
+    assert_eq!(status["status"]["lastAppliedRevision"], commit.as_str());
+    assert_eq!(status["status"]["images"]["ready"], 2);
+    assert_eq!(status["status"]["inventory"].as_array().unwrap().len(), 2);
+    let printed = world()
+        .env
+        .kubectl_ok(&["get", "imagecatalog", "cat-basic"]);
+    assert!(
+        printed.contains("True") && printed.contains(&commit[..12]),
+        "{printed}"
+    );
+
+    let text = wait_for("the success note on the commit", TIMEOUT, || {
+        note(&url, &commit).filter(|text| text.contains("image-catalog/cat-basic: success"))
+    });
+    assert!(text.contains("2/2 Ready"), "{text}");
+}
+
+#[test]
+fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
+    let _cleanup = Cleanup("cat-edit");
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[
+                ("cat-edit-slow", "stall/disk.qcow2"),
+                ("cat-edit-gone", "other.raw"),
+            ]),
+        )],
+        "a slow image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    apply_catalog("cat-edit", &remote.url(TestRepo::NAME), "");
+    wait_for_phase("cat-edit-slow", "Provisioning");
+    wait_for_phase("cat-edit-gone", "Ready");
+    let uid = get("cvi", "cat-edit-gone").unwrap()["metadata"]["uid"].clone();
+
+    let fixed = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-edit-slow", "disk.qcow2")]),
+        )],
+        "a faster mirror, and one image less",
+    );
+    assert_eq!(push_webhook("cat-edit", WEBHOOK_SECRET), 202);
+    wait_for_phase("cat-edit-slow", "Ready");
+    let cvi = get("cvi", "cat-edit-slow").unwrap();
+    assert!(
+        cvi["spec"]["dataSource"]["http"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/disk.qcow2")
+    );
+    assert_eq!(
+        cvi["metadata"]["annotations"]["imagecatalog.dev/commit"],
+        fixed.as_str()
+    );
+    wait_for("the removed entry to be pruned", TIMEOUT, || {
+        match get("cvi", "cat-edit-gone") {
+            None => Some(()),
+            Some(cvi) if cvi["metadata"]["uid"] != uid => panic!("pruned image came back"),
+            Some(_) => None,
+        }
+    });
+}
+
+#[test]
+fn an_invalid_commit_applies_nothing_and_names_each_problem() {
+    let _cleanup = Cleanup("cat-invalid");
+    let repo = TestRepo::new();
+    let good = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-invalid-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog(
+        "cat-invalid",
+        &url,
+        "  commitStatus: {provider: GitNotes}\n",
+    );
+    wait_for_catalog("cat-invalid", "the first commit applied", |c| {
+        c["status"]["lastAppliedRevision"] == good.as_str()
+    });
+
+    let bad = repo.commit(
+        &[
+            (
+                "images/a.yaml",
+                &catalog_file(&[
+                    ("cat-invalid-a", "disk.qcow2"),
+                    ("cat-invalid-new", "other.raw"),
+                ]),
+            ),
+            (
+                "images/b.yaml",
+                "images:\n  - name: Bad.Name\n    dataSource: {type: HTTP}\n",
+            ),
+        ],
+        "a new image and a broken file",
+    );
+    assert_eq!(push_webhook("cat-invalid", WEBHOOK_SECRET), 202);
+    let status = wait_for_catalog("cat-invalid", "the commit to be refused", |c| {
+        c["status"]["lastAttemptedRevision"] == bad.as_str()
+    });
+    let ready = condition(&status, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "ValidationFailed");
+    let problems: Vec<&str> = status["status"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("images/b.yaml:2:11: images[0].name")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("images/b.yaml:3:17") && p.contains("http is required")),
+        "{problems:?}"
+    );
+    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
+    assert!(
+        get("cvi", "cat-invalid-new").is_none(),
+        "nothing of an invalid commit is applied"
+    );
+    let text = wait_for("the failure note", TIMEOUT, || {
+        note(&url, &bad).filter(|t| t.contains("image-catalog/cat-invalid: failure"))
+    });
+    assert!(text.contains("images/b.yaml:2:11"), "{text}");
+}
+
+#[test]
+fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recreate() {
+    let _cleanup = Cleanup("cat-ready");
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-ready-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog("cat-ready", &url, "");
+    wait_for_phase("cat-ready-a", "Ready");
+    let old_uid = get("cvi", "cat-ready-a").unwrap()["metadata"]["uid"].clone();
+
+    let changed = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-ready-a", "other.raw")]),
+        )],
+        "another file",
+    );
+    assert_eq!(push_webhook("cat-ready", WEBHOOK_SECRET), 202);
+    let status = wait_for_catalog("cat-ready", "the change to be refused", |c| {
+        c["status"]["lastAttemptedRevision"] == changed.as_str()
+    });
+    let ready = condition(&status, "Ready").unwrap();
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("images/a.yaml:2:11: image cat-ready-a is Ready and its dataSource changed"),
+        "{ready}"
+    );
+    assert_eq!(
+        get("cvi", "cat-ready-a").unwrap()["metadata"]["uid"],
+        old_uid
+    );
+
+    apply_catalog("cat-ready", &url, "  readyImagePolicy: Recreate\n");
+    wait_for(
+        "the image to be recreated from the new source",
+        TIMEOUT,
+        || {
+            let cvi = get("cvi", "cat-ready-a")?;
+            (cvi["metadata"]["uid"] != old_uid && cvi["status"]["phase"] == "Ready").then_some(())
+        },
+    );
+    let cvi = get("cvi", "cat-ready-a").unwrap();
+    assert!(
+        cvi["spec"]["dataSource"]["http"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/other.raw")
+    );
+}
+
+#[test]
+fn two_catalogs_claiming_one_name_the_second_is_refused() {
+    let _first = Cleanup("cat-claim-1");
+    let _second = Cleanup("cat-claim-2");
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-claim-shared", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog("cat-claim-1", &url, "");
+    wait_for_catalog("cat-claim-1", "the first catalog to apply", |c| {
+        c["status"]["lastAppliedRevision"].is_string()
+    });
+    apply_catalog("cat-claim-2", &url, "");
+    let second = wait_for_catalog("cat-claim-2", "the second catalog to be refused", |c| {
+        condition(c, "Ready").is_some_and(|r| r["reason"] == "ValidationFailed")
+    });
+    let message = condition(&second, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("image cat-claim-shared belongs to the catalog cat-claim-1"),
+        "{message}"
+    );
+    let cvi = get("cvi", "cat-claim-shared").unwrap();
+    assert_eq!(
+        cvi["metadata"]["labels"]["imagecatalog.dev/catalog"],
+        "cat-claim-1"
+    );
+}
+
+#[test]
+fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_writes_nothing() {
+    let _cleanup = Cleanup("cat-hook");
+    let repo = TestRepo::new();
+    let first = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-hook-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    apply_catalog("cat-hook", &remote.url(TestRepo::NAME), "");
+    wait_for_phase("cat-hook-a", "Ready");
+    wait_for_catalog("cat-hook", "the catalog to be Ready", |c| {
+        condition(c, "Ready").is_some_and(|r| r["status"] == "True")
+    });
+
+    // A sync of the same commit: zero write calls.
+    let syncs = metric("image_catalog_catalog_syncs_total", "cat-hook");
+    let writes = metric("image_catalog_catalog_writes_total", "cat-hook");
+    assert_eq!(push_webhook("cat-hook", WEBHOOK_SECRET), 202);
+    wait_for("the resync", TIMEOUT, || {
+        (metric("image_catalog_catalog_syncs_total", "cat-hook") > syncs).then_some(())
+    });
+    assert_eq!(
+        metric("image_catalog_catalog_writes_total", "cat-hook"),
+        writes
+    );
+
+    let second = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-hook-a", "disk.qcow2"), ("cat-hook-b", "other.raw")]),
+        )],
+        "one more",
+    );
+    let syncs = metric("image_catalog_catalog_syncs_total", "cat-hook");
+    assert_eq!(push_webhook("cat-hook", "wrong-secret"), 401);
+    assert_eq!(push_webhook("no-such-catalog", WEBHOOK_SECRET), 404);
+    // The refusal is decided before any sync is queued; the interval is an hour, so
+    // nothing else looks at Git either.
+    assert_eq!(
+        metric("image_catalog_catalog_syncs_total", "cat-hook"),
+        syncs
+    );
+    assert_eq!(
+        catalog("cat-hook")["status"]["lastAttemptedRevision"],
+        first.as_str()
+    );
+    assert!(get("cvi", "cat-hook-b").is_none());
+
+    assert_eq!(push_webhook("cat-hook", WEBHOOK_SECRET), 202);
+    wait_for_catalog("cat-hook", "the pushed commit applied", |c| {
+        c["status"]["lastAppliedRevision"] == second.as_str()
+    });
+    assert!(get("cvi", "cat-hook-b").is_some());
+}
+
+#[test]
+fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking_it() {
+    let _cleanup = Cleanup("cat-http");
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-http-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let server = HttpGitServer::start(&repo.root);
+    let secret = |password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cat-http-git, namespace: image-catalog}}\n\
+             stringData: {{username: {}, password: '{password}'}}\n",
+            server.username
+        )
+    };
+    apply(&secret("not-the-password"));
+    apply(&format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: cat-http}}\n\
+         spec:\n  git: {{url: '{}', ref: {{branch: main}}, path: images, secretRef: {{name: cat-http-git}}}}\n  interval: 2s\n\
+         \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n",
+        server.url(TestRepo::NAME)
+    ));
+    let failing = wait_for_catalog("cat-http", "the authentication failure", |c| {
+        condition(c, "Ready").is_some_and(|r| r["reason"] == "GitAuthenticationFailed")
+    });
+    let text = failing.to_string();
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    apply(&secret(&server.password));
+    wait_for_phase("cat-http-a", "Ready");
+}
