@@ -29,9 +29,9 @@ pub struct ControllerArgs {
     /// The namespace the daemon runs in (for its Secrets).
     #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
     pub namespace: String,
-    /// DVCR address, host:port.
+    /// DVCR address, host:port (needed by the import controller).
     #[arg(long, env = "DVCR_REGISTRY", value_name = "HOST:PORT")]
-    pub dvcr_registry: String,
+    pub dvcr_registry: Option<String>,
     /// DVCR user name (with --dvcr-password; or use --dvcr-auth-secret).
     #[arg(long, env = "DVCR_USERNAME")]
     pub dvcr_username: Option<String>,
@@ -180,7 +180,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("serving uploads on {upload_addr}"))
         });
         let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
-        tracing::info!(registry = %args.dvcr_registry, "import controller started");
+        tracing::info!("import controller started");
         let import_ready = ready.clone();
         parts.spawn(async move {
             controller::run(ctx, import_ready).await;
@@ -228,6 +228,11 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 }
 
 async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<DvcrConfig> {
+    let Some(registry) = args.dvcr_registry.clone() else {
+        anyhow::bail!(
+            "the import controller needs DVCR: set --dvcr-registry (or DVCR_REGISTRY), or switch it off with --import-controller=false"
+        );
+    };
     let ca_pem = match &args.dvcr_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -241,13 +246,13 @@ async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<D
             let secret = secrets.get(secret).await.with_context(|| {
                 format!("reading the DVCR auth Secret {}/{secret}", args.namespace)
             })?;
-            let (username, password) = registry_credentials(&secret, &args.dvcr_registry)?;
+            let (username, password) = registry_credentials(&secret, &registry)?;
             (Some(username), Some(password))
         }
         None => (args.dvcr_username.clone(), args.dvcr_password.clone()),
     };
     Ok(DvcrConfig {
-        registry: args.dvcr_registry.clone(),
+        registry,
         username,
         password,
         ca_pem,
