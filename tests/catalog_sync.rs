@@ -424,15 +424,13 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
         c["status"]["lastAppliedRevision"] == good.as_str()
     });
 
+    let grown = catalog_file(&[
+        ("cat-invalid-a", "disk.qcow2"),
+        ("cat-invalid-new", "other.raw"),
+    ]);
     let bad = repo.commit(
         &[
-            (
-                "images/a.yaml",
-                &catalog_file(&[
-                    ("cat-invalid-a", "disk.qcow2"),
-                    ("cat-invalid-new", "other.raw"),
-                ]),
-            ),
+            ("images/a.yaml", grown.as_str()),
             (
                 "images/b.yaml",
                 "images:\n  - name: Bad.Name\n    dataSource: {type: HTTP}\n",
