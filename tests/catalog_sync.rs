@@ -42,18 +42,7 @@ fn world() -> &'static World {
         let http = FileServer::start(&images);
         // Images under /stall/ never finish downloading: they stay Provisioning.
         http.set_behavior("/stall/", Behavior::default().stall_after(4096, u64::MAX));
-        env.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            common::repo_root().join("deploy/crds").to_str().unwrap(),
-        ]);
-        env.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            common::repo_root().join("deploy/policies").to_str().unwrap(),
-        ]);
+        // scripts/testenv applied the CRDs and the admission policy from deploy/.
         let kubeconfig = env.daemon_kubeconfig(dir.path());
         let webhook_secret = format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: test-webhook, namespace: image-catalog}}\nstringData: {{token: {WEBHOOK_SECRET}}}\n"

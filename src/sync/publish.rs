@@ -238,15 +238,22 @@ impl GitNotes {
                     if pushed.get(commit) == Some(&text) {
                         continue;
                     }
-                    let (cache, url, credentials, commit_id, body) = (
+                    let (cache, url, credentials, commit_id, ours) = (
                         cache.clone(),
                         url.clone(),
                         credentials.clone(),
                         commit.clone(),
-                        text.clone(),
+                        sections.clone(),
                     );
                     let result = tokio::task::spawn_blocking(move || {
-                        git::push_note(&cache, &url, &credentials, &commit_id, NOTES_REF, &body)
+                        git::push_note(
+                            &cache,
+                            &url,
+                            &credentials,
+                            &commit_id,
+                            NOTES_REF,
+                            &|current| merge_note(current, &ours),
+                        )
                     })
                     .await;
                     match result {
@@ -273,6 +280,42 @@ impl GitNotes {
     fn send(&self, check: CommitCheck) {
         let _ = self.queue.send(check);
     }
+}
+
+/// The note of a commit: the sections other writers (other catalogs on the same repository,
+/// the verification checks) left in `current`, with ours put in, ordered by context.
+pub fn merge_note(current: Option<&str>, ours: &BTreeMap<String, String>) -> String {
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut open: Option<String> = None;
+    for line in current.unwrap_or_default().lines() {
+        if let Some(context) = section_header(line) {
+            open = Some(context.to_string());
+        }
+        if let Some(context) = &open {
+            let section = sections.entry(context.clone()).or_default();
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    for (context, section) in ours {
+        sections.insert(context.clone(), section.clone());
+    }
+    sections
+        .into_values()
+        .map(|section| format!("{}\n", section.trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `image-catalog/base: pending` → `image-catalog/base`.
+fn section_header(line: &str) -> Option<&str> {
+    if line.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let (context, state) = line.rsplit_once(": ")?;
+    ["pending", "success", "failure", "error", "superseded"]
+        .contains(&state)
+        .then_some(context)
 }
 
 /// One context's section of a commit note:
@@ -307,4 +350,29 @@ pub fn note_section(check: &CommitCheck) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_keeps_the_sections_of_other_writers_and_replaces_ours() {
+        let theirs = "image-catalog/other: success\n1/1 Ready\n\nimage-catalog/base: pending\n0/2 Ready, 2 importing\n  a  Provisioning  10%\n";
+        let ours = BTreeMap::from([(
+            "image-catalog/base".to_string(),
+            "image-catalog/base: success\n2/2 Ready\n".to_string(),
+        )]);
+        let merged = merge_note(Some(theirs), &ours);
+        assert_eq!(
+            merged,
+            "image-catalog/base: success\n2/2 Ready\n\nimage-catalog/other: success\n1/1 Ready\n"
+        );
+        // Merging again changes nothing: no push for an unchanged note.
+        assert_eq!(merge_note(Some(&merged), &ours), merged);
+        assert_eq!(
+            merge_note(None, &ours),
+            "image-catalog/base: success\n2/2 Ready\n"
+        );
+    }
 }

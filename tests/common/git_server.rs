@@ -1,0 +1,342 @@
+//! Real Git remotes for the catalog tests: a repository made with the git CLI, served by
+//! `git daemon` (git://) or by `git http-backend` behind a real HTTP server with basic auth
+//! (smart HTTP, as forges serve it).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs git in `dir`; panics with its output when it fails. Returns stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|error| panic!("git {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A bare repository `root/catalog.git` with branch `main`, and a working clone that
+/// commits and pushes to it.
+pub struct TestRepo {
+    pub root: PathBuf,
+    work: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRepo {
+    pub const NAME: &'static str = "catalog.git";
+
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("served");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        git(&root, &["init", "-q", "--bare", "-b", "main", Self::NAME]);
+        let bare = root.join(Self::NAME);
+        // Pushing notes over smart HTTP and git:// needs receive-pack on.
+        git(&bare, &["config", "http.receivepack", "true"]);
+        git(&bare, &["config", "daemon.receivepack", "true"]);
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["config", "user.name", "Catalog Tests"]);
+        git(&work, &["config", "user.email", "tests@localhost"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Self {
+            root,
+            work,
+            _dir: dir,
+        }
+    }
+
+    /// Writes `files` (path, content) — an empty content deletes the file — commits, pushes
+    /// `main` and returns the commit id.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            let target = self.work.join(path);
+            if content.is_empty() {
+                let _ = std::fs::remove_file(&target);
+                continue;
+            }
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(&target, content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// Tags the current commit (annotated) and pushes the tag.
+    pub fn tag(&self, name: &str) {
+        git(&self.work, &["tag", "-a", "-m", name, name]);
+        git(&self.work, &["push", "-q", "origin", name]);
+    }
+
+    pub fn bare(&self) -> PathBuf {
+        self.root.join(Self::NAME)
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `git daemon` serving every repository under a folder over git://, pushes allowed.
+pub struct GitDaemon {
+    port: u16,
+    child: Child,
+}
+
+impl GitDaemon {
+    pub fn start(root: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", root.display()),
+                root.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        wait_for_port(port, "git daemon");
+        Self { port, child }
+    }
+
+    pub fn url(&self, repository: &str) -> String {
+        format!("git://127.0.0.1:{}/{repository}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Smart HTTP: `git http-backend` run as a CGI program per request by an HTTP server that
+/// asks for basic auth on every request, as forges do for private repositories.
+pub struct HttpGitServer {
+    pub username: String,
+    pub password: String,
+    address: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpGitServer {
+    pub fn start(root: &Path) -> Self {
+        let username = "catalog-reader".to_string();
+        let password = format!("pw-{}", std::process::id() ^ free_port() as u32);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = std::sync::Arc::new(Cgi {
+            root: root.to_path_buf(),
+            authorization: format!(
+                "Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{username}:{password}")
+                )
+            ),
+        });
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(move |request| {
+                    let state = state.clone();
+                    async move { state.serve(request).await }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        Self {
+            username,
+            password,
+            address,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, repository: &str) -> String {
+        format!("http://{}/{repository}", self.address)
+    }
+}
+
+impl Drop for HttpGitServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Cgi {
+    root: PathBuf,
+    authorization: String,
+}
+
+impl Cgi {
+    async fn serve(&self, request: axum::extract::Request) -> axum::response::Response {
+        use axum::http::{HeaderValue, StatusCode, header};
+        use axum::response::IntoResponse;
+        let (parts, body) = request.into_parts();
+        let authorized = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            == Some(self.authorization.as_str());
+        if !authorized {
+            let mut response =
+                (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"git\""),
+            );
+            return response;
+        }
+        let body = axum::body::to_bytes(body, 256 << 20)
+            .await
+            .unwrap_or_default();
+        let header_text = |name: header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut command = tokio::process::Command::new("git");
+        command
+            .arg("http-backend")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GIT_PROJECT_ROOT", &self.root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", parts.method.as_str())
+            .env("PATH_INFO", parts.uri.path())
+            .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+            .env("CONTENT_TYPE", header_text(header::CONTENT_TYPE))
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env(
+                "HTTP_CONTENT_ENCODING",
+                header_text(header::CONTENT_ENCODING),
+            )
+            .env(
+                "GIT_PROTOCOL",
+                parts
+                    .headers
+                    .get("git-protocol")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default(),
+            )
+            .env("REMOTE_USER", "catalog-reader")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("git http-backend");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&body).await;
+        });
+        let output = child.wait_with_output().await.expect("git http-backend");
+        let _ = writer.await;
+        cgi_response(&output.stdout)
+    }
+}
+
+/// A CGI program's output (headers, blank line, body) as an HTTP response.
+fn cgi_response(output: &[u8]) -> axum::response::Response {
+    use axum::http::{HeaderName, HeaderValue, StatusCode};
+    let split = output
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .map(|at| (at, 4))
+        .or_else(|| {
+            output
+                .windows(2)
+                .position(|window| window == b"\n\n")
+                .map(|at| (at, 2))
+        });
+    let Some((at, separator)) = split else {
+        return axum::response::Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(axum::body::Body::from("no CGI headers"))
+            .unwrap();
+    };
+    let mut builder = axum::response::Response::builder().status(StatusCode::OK);
+    for line in String::from_utf8_lossy(&output[..at]).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap_or("200");
+            builder = builder.status(code.parse::<u16>().unwrap_or(200));
+        } else if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder
+        .body(axum::body::Body::from(output[at + separator..].to_vec()))
+        .unwrap()
+}
