@@ -83,7 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let files =
-        image_catalog::catalog::read_dir(std::path::Path::new("."), &path.to_string_lossy())
+        image_catalog::catalog::read_local(path)
             .with_context(|| format!("reading catalog files under {}", path.display()))?;
     if files.is_empty() {
         anyhow::bail!("no *.yaml or *.yml files under {}", path.display());

@@ -43,7 +43,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
     let (revision, files) = match &args.path {
         Some(path) => {
             let files =
-                crate::catalog::read_dir(std::path::Path::new("."), &path.to_string_lossy())
+                crate::catalog::read_local(path)
                     .with_context(|| format!("reading catalog files under {}", path.display()))?;
             (format!("local files under {}", path.display()), files)
         }

@@ -95,4 +95,16 @@ fn validate_accepts_the_example_catalog_and_points_at_each_problem() {
         lines[1].starts_with("bad.yaml:5:19: images[0].dataSource.http.url:"),
         "{stdout}"
     );
+
+    // An absolute path works from anywhere and names files by their full path.
+    let absolute = std::process::Command::new(binary)
+        .arg("validate")
+        .arg(dir.path())
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(absolute.status.code(), Some(1));
+    let stdout = String::from_utf8(absolute.stdout).unwrap();
+    let expected = format!("{}:2:11: ", dir.path().join("bad.yaml").display());
+    assert!(stdout.starts_with(&expected), "{stdout}");
 }

@@ -488,6 +488,21 @@ fn is_label_text(text: &str) -> bool {
 
 /// Reads the catalog files under `root/path` on disk (`*.yaml`, `*.yml`, recursively, in
 /// a stable order), named relative to `root`.
+/// The catalog files at a path given on the command line, relative or absolute; each file is
+/// named as the user would write it.
+pub fn read_local(path: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
+    if path.is_absolute() {
+        let mut files = read_dir(std::path::Path::new("/"), &path.to_string_lossy())?;
+        for file in &mut files {
+            if !file.path.starts_with('/') {
+                file.path.insert(0, '/');
+            }
+        }
+        return Ok(files);
+    }
+    read_dir(std::path::Path::new("."), &path.to_string_lossy())
+}
+
 pub fn read_dir(root: &std::path::Path, path: &str) -> std::io::Result<Vec<SourceFile>> {
     let start = root.join(path.trim_start_matches('/'));
     let mut files = Vec::new();
