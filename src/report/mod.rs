@@ -622,6 +622,10 @@ mod tests {
         let mut with_ca = config(gh, "https://h", "o/r", token());
         with_ca.ca_pem = Some(b"not pem".to_vec());
         assert!(error(with_ca).contains("CA"));
+        let ca = rcgen::generate_simple_self_signed(vec!["forge.internal".into()]).unwrap();
+        let mut with_ca = config(gh, "https://forge.internal/api/v3", "o/r", token());
+        with_ca.ca_pem = Some(ca.cert.pem().into_bytes());
+        assert!(Reporter::new(with_ca).is_ok(), "a PEM CA is accepted");
     }
 
     #[test]
