@@ -303,7 +303,9 @@ impl Reporter {
 /// The delivery task: one call at a time, in queue order, waiting out rate limits and
 /// backing off after failures (for the whole forge: an outage or a limit is not per commit).
 async fn deliver_loop(shared: Arc<Shared>, mut forge: Forge) {
-    let mut delivered: Bounded<Key, CommitCheck> = Bounded::new(REMEMBERED);
+    // The state and fingerprint last delivered per (commit, context): enough to skip
+    // repeats without keeping every image table in memory.
+    let mut delivered: Bounded<Key, (CheckState, [u8; 32])> = Bounded::new(REMEMBERED);
     let mut failures: u32 = 0;
     let mut not_before = Instant::now();
     loop {
@@ -330,16 +332,18 @@ async fn deliver_loop(shared: Arc<Shared>, mut forge: Forge) {
         let Some((key, check)) = next else {
             continue;
         };
-        let previous = delivered.get(&key);
-        if previous == Some(&check) {
+        let fingerprint = fingerprint(&check);
+        let previous = delivered.get(&key).copied();
+        if previous.is_some_and(|(_, last)| last == fingerprint) {
             continue;
         }
-        let previous = previous.cloned();
-        let outcome = forge.deliver(&key, &check, previous.as_ref()).await;
+        let outcome = forge
+            .deliver(&key, &check, previous.map(|(state, _)| state))
+            .await;
         let wait = match outcome {
             Delivery::Delivered => {
                 failures = 0;
-                delivered.insert(key, check);
+                delivered.insert(key, (check.state, fingerprint));
                 continue;
             }
             // Refused for good, already logged.
@@ -358,6 +362,33 @@ async fn deliver_loop(shared: Arc<Shared>, mut forge: Forge) {
             }
         }
     }
+}
+
+/// A digest of everything a forge shows of an update: two updates with the same fingerprint
+/// look the same on the commit. Fields are length-prefixed so that they cannot run together.
+fn fingerprint(check: &CommitCheck) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    let mut field = |value: Option<&str>| match value {
+        Some(value) => {
+            hash.update([1]);
+            hash.update((value.len() as u64).to_le_bytes());
+            hash.update(value.as_bytes());
+        }
+        None => hash.update([0]),
+    };
+    field(Some(&check.commit));
+    field(Some(&check.context));
+    field(Some(&format!("{:?}", check.state)));
+    field(Some(&check.description));
+    field(check.target_url.as_deref());
+    for row in &check.details {
+        field(Some(&row.name));
+        field(Some(&row.phase));
+        field(row.progress.as_deref());
+        field(row.message.as_deref());
+    }
+    hash.finalize().into()
 }
 
 /// The API base without a trailing slash; http(s) only, no credentials in it.
@@ -537,6 +568,29 @@ mod tests {
         let evicted = queue.push(check("new", CheckState::Pending, "")).unwrap();
         assert_eq!(evicted.commit, "0");
         assert_eq!(queue.items.len(), MAX_QUEUED);
+    }
+
+    #[test]
+    fn fingerprints_tell_visible_changes_apart() {
+        let base = check("a", CheckState::Pending, "Importing");
+        assert_eq!(fingerprint(&base), fingerprint(&base.clone()));
+        let mut changed = base.clone();
+        changed.state = CheckState::Success;
+        assert_ne!(fingerprint(&base), fingerprint(&changed));
+        let mut changed = base.clone();
+        changed.target_url = Some(String::new());
+        assert_ne!(fingerprint(&base), fingerprint(&changed));
+        let mut with_row = base.clone();
+        with_row.details.push(ImageRow {
+            name: "ubuntu".into(),
+            phase: "Ready".into(),
+            progress: None,
+            message: Some("x".into()),
+        });
+        let mut other_row = with_row.clone();
+        other_row.details[0].progress = Some("x".into());
+        other_row.details[0].message = None;
+        assert_ne!(fingerprint(&with_row), fingerprint(&other_row));
     }
 
     #[test]

@@ -102,12 +102,12 @@ impl Forge {
         }
     }
 
-    /// Posts `check`. `previous` is the last update delivered for the same (commit, context).
+    /// Posts `check`. `previous` is the state last delivered for the same (commit, context).
     pub async fn deliver(
         &mut self,
         key: &Key,
         check: &CommitCheck,
-        previous: Option<&CommitCheck>,
+        previous: Option<CheckState>,
     ) -> Delivery {
         match self.kind {
             ProviderKind::GitHubStatus => {
@@ -136,7 +136,7 @@ impl Forge {
                     self.repo_path,
                     path_segment(&check.commit)
                 );
-                let body = gitlab_status_body(check, previous.map(|p| p.state));
+                let body = gitlab_status_body(check, previous);
                 self.post_status(check, url, body).await
             }
             ProviderKind::GitHubCheckRun => self.check_run(key, check).await,
