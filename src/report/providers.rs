@@ -59,6 +59,9 @@ pub struct Forge {
     pub client: reqwest::Client,
     installation_token: Option<(HeaderValue, Instant)>,
     check_runs: Bounded<Key, u64>,
+    /// The last refusal warned about: a misconfiguration (wrong token, unknown repository)
+    /// refuses every update alike, and one warning says it until something changes.
+    last_refusal: Option<(u16, String)>,
 }
 
 /// A forge's answer, read whole (the bodies are small JSON).
@@ -99,6 +102,7 @@ impl Forge {
             client,
             installation_token: None,
             check_runs: Bounded::new(REMEMBERED_RUNS),
+            last_refusal: None,
         }
     }
 
@@ -300,7 +304,10 @@ impl Forge {
     fn judge(&mut self, check: &CommitCheck, what: &str, reply: &Reply) -> Delivery {
         let provider = provider_name(self.kind);
         let delivery = match verdict(reply.status, &reply.headers, unix_now()) {
-            Verdict::Accepted => return Delivery::Delivered,
+            Verdict::Accepted => {
+                self.last_refusal = None;
+                return Delivery::Delivered;
+            }
             Verdict::RateLimited(wait) => Delivery::RateLimited(wait),
             Verdict::Transient => Delivery::Transient,
             Verdict::Refused => Delivery::Dropped,
@@ -311,7 +318,12 @@ impl Forge {
         }
         let message = forge_message(&reply.body);
         let status = reply.status.as_u16();
+        let refusal = Some((status, message.clone()));
         match &delivery {
+            Delivery::Dropped if self.last_refusal == refusal => tracing::debug!(
+                provider, repository = %self.repository, commit = short(&check.commit),
+                context = %check.context, status, "{what} failed again: {message}; this update is dropped"
+            ),
             Delivery::Dropped => tracing::warn!(
                 provider, repository = %self.repository, commit = short(&check.commit),
                 context = %check.context, status, "{what} failed: {message}; this update is dropped"
@@ -321,10 +333,13 @@ impl Forge {
                 context = %check.context, status, wait_seconds = wait.map(|w| w.as_secs()),
                 "{what}: rate-limited: {message}; retrying later"
             ),
-            _ => tracing::warn!(
+            Delivery::Transient | Delivery::Delivered => tracing::warn!(
                 provider, repository = %self.repository, commit = short(&check.commit),
                 context = %check.context, status, "{what} failed: {message}; retrying with backoff"
             ),
+        }
+        if delivery == Delivery::Dropped {
+            self.last_refusal = refusal;
         }
         delivery
     }
