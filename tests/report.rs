@@ -256,7 +256,9 @@ async fn github_check_runs_use_app_tokens_and_are_updated_in_place() {
         "{text}"
     );
 
-    // A commit a newer one replaced ends as cancelled.
+    // A commit a newer one replaced ends as cancelled; meanwhile the App was reinstalled, so
+    // the cached installation token is refused and a new one is fetched.
+    forge.revoke_installation_tokens();
     let mut superseded = check(OTHER_SHA, context, CheckState::Pending, "Importing");
     reporter.report(superseded.clone());
     forge
@@ -271,6 +273,16 @@ async fn github_check_runs_use_app_tokens_and_are_updated_in_place() {
     let runs = forge.accepted();
     assert_eq!(runs[3].path, "/repos/acme/catalog/check-runs/4002");
     assert_eq!(runs[3].body["conclusion"], "cancelled");
+    let calls = forge.calls();
+    assert_eq!(
+        calls.iter().filter(|c| c.status == 401).count(),
+        1,
+        "{calls:#?}"
+    );
+    let tokens = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/access_tokens") && c.accepted());
+    assert_eq!(tokens.count(), 2, "a new token after the revocation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,8 @@ pub struct Forge {
     /// The last refusal warned about: a misconfiguration (wrong token, unknown repository)
     /// refuses every update alike, and one warning says it until something changes.
     last_refusal: Option<(u16, String)>,
+    /// Whether the installation token of this call came from the cache (not just fetched).
+    token_from_cache: bool,
 }
 
 /// A forge's answer, read whole (the bodies are small JSON).
@@ -103,6 +105,7 @@ impl Forge {
             installation_token: None,
             check_runs: Bounded::new(REMEMBERED_RUNS),
             last_refusal: None,
+            token_from_cache: false,
         }
     }
 
@@ -224,8 +227,10 @@ impl Forge {
         if let Some((token, valid_until)) = &self.installation_token
             && Instant::now() < *valid_until
         {
+            self.token_from_cache = true;
             return Ok(token.clone());
         }
+        self.token_from_cache = false;
         let jwt = match key.jwt(app_id, unix_now()) {
             Ok(jwt) => jwt,
             Err(message) => {
@@ -312,9 +317,17 @@ impl Forge {
             Verdict::Transient => Delivery::Transient,
             Verdict::Refused => Delivery::Dropped,
         };
-        // A refused token may be a revoked installation token: fetch a new one next time.
-        if reply.status == StatusCode::UNAUTHORIZED {
+        if reply.status == StatusCode::UNAUTHORIZED && self.installation_token.is_some() {
             self.installation_token = None;
+            // A cached installation token can be revoked before it expires (the App was
+            // reinstalled): retry with a new one rather than drop the update.
+            if self.token_from_cache {
+                tracing::info!(
+                    provider, repository = %self.repository,
+                    "GitHub refused the cached installation token; fetching a new one"
+                );
+                return Delivery::Transient;
+            }
         }
         let message = forge_message(&reply.body);
         let status = reply.status.as_u16();

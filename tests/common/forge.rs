@@ -160,6 +160,14 @@ impl FakeForge {
         }
     }
 
+    /// Revokes the installation tokens issued so far (as reinstalling the App does).
+    pub fn revoke_installation_tokens(&self) {
+        let mut recorded = self.shared.recorded.lock().unwrap();
+        for token in &mut recorded.installation_tokens {
+            token.insert_str(0, "revoked-");
+        }
+    }
+
     /// Every call so far, refused ones included.
     pub fn calls(&self) -> Vec<Call> {
         self.shared.recorded.lock().unwrap().calls.clone()
@@ -416,7 +424,7 @@ fn github(
         if let Err(message) = verify_jwt(bearer, app_id, public_key) {
             return error(StatusCode::UNAUTHORIZED, message);
         }
-        let token = format!("ghs_{}", recorded.installation_tokens.len() + 1);
+        let token = format!("ghs_token_{}", recorded.installation_tokens.len() + 1);
         recorded.installation_tokens.push(token.clone());
         let expires_at = chrono::Utc::now() + chrono::Duration::hours(1);
         return (
