@@ -82,9 +82,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let files =
-        image_catalog::catalog::read_local(path)
-            .with_context(|| format!("reading catalog files under {}", path.display()))?;
+    let files = image_catalog::catalog::read_local(path)
+        .with_context(|| format!("reading catalog files under {}", path.display()))?;
     if files.is_empty() {
         anyhow::bail!("no *.yaml or *.yml files under {}", path.display());
     }

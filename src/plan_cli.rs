@@ -42,9 +42,8 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("there is no ImageCatalog {}", args.catalog))?;
     let (revision, files) = match &args.path {
         Some(path) => {
-            let files =
-                crate::catalog::read_local(path)
-                    .with_context(|| format!("reading catalog files under {}", path.display()))?;
+            let files = crate::catalog::read_local(path)
+                .with_context(|| format!("reading catalog files under {}", path.display()))?;
             (format!("local files under {}", path.display()), files)
         }
         None => {

@@ -38,7 +38,7 @@ enum Sink {
 impl Sink {
     async fn send(&self, check: CommitCheck) {
         match self {
-            Self::Forge(reporter) => reporter.report(check).await,
+            Self::Forge(reporter) => reporter.report(check),
             Self::GitNotes(notes) => notes.send(check),
         }
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod file_server;
+pub mod forge;
 pub mod git_server;
 pub mod source_registry;
 
