@@ -248,6 +248,31 @@ fn metric(name: &str, catalog: &str) -> f64 {
 /// Deletes the catalog (and, as it prunes, its images) when a test ends.
 struct Cleanup(&'static str);
 
+impl Cleanup {
+    /// Removes what an earlier run left under this name (a catalog still terminating would
+    /// swallow this run's apply), and deletes the catalog again when the test ends.
+    fn fresh(name: &'static str) -> Self {
+        let out = world()
+            .env
+            .kubectl()
+            .args([
+                "delete",
+                "imagecatalog",
+                name,
+                "--ignore-not-found",
+                "--timeout=120s",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(name)
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = world()
@@ -297,7 +322,7 @@ fn note(url: &str, commit: &str) -> Option<String> {
 
 #[test]
 fn a_commit_becomes_ready_images_and_a_success_note_on_the_commit() {
-    let _cleanup = Cleanup("cat-basic");
+    let _cleanup = Cleanup::fresh("cat-basic");
     let repo = TestRepo::new();
     let commit = repo.commit(
         &[(
@@ -344,7 +369,7 @@ fn a_commit_becomes_ready_images_and_a_success_note_on_the_commit() {
 
 #[test]
 fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
-    let _cleanup = Cleanup("cat-edit");
+    let _cleanup = Cleanup::fresh("cat-edit");
     let repo = TestRepo::new();
     repo.commit(
         &[(
@@ -393,7 +418,7 @@ fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
 
 #[test]
 fn an_invalid_commit_applies_nothing_and_names_each_problem() {
-    let _cleanup = Cleanup("cat-invalid");
+    let _cleanup = Cleanup::fresh("cat-invalid");
     let repo = TestRepo::new();
     let good = repo.commit(
         &[(
@@ -466,7 +491,7 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
 
 #[test]
 fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recreate() {
-    let _cleanup = Cleanup("cat-ready");
+    let _cleanup = Cleanup::fresh("cat-ready");
     let repo = TestRepo::new();
     repo.commit(
         &[(
@@ -525,8 +550,8 @@ fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recrea
 
 #[test]
 fn two_catalogs_claiming_one_name_the_second_is_refused() {
-    let _first = Cleanup("cat-claim-1");
-    let _second = Cleanup("cat-claim-2");
+    let _first = Cleanup::fresh("cat-claim-1");
+    let _second = Cleanup::fresh("cat-claim-2");
     let repo = TestRepo::new();
     repo.commit(
         &[(
@@ -562,7 +587,7 @@ fn two_catalogs_claiming_one_name_the_second_is_refused() {
 
 #[test]
 fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_writes_nothing() {
-    let _cleanup = Cleanup("cat-hook");
+    let _cleanup = Cleanup::fresh("cat-hook");
     let repo = TestRepo::new();
     let first = repo.commit(
         &[(
@@ -621,7 +646,7 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
 
 #[test]
 fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking_it() {
-    let _cleanup = Cleanup("cat-http");
+    let _cleanup = Cleanup::fresh("cat-http");
     let repo = TestRepo::new();
     repo.commit(
         &[(
@@ -653,4 +678,75 @@ fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking
 
     apply(&secret(&server.password));
     wait_for_phase("cat-http-a", "Ready");
+}
+
+#[test]
+fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
+    let _cleanup = Cleanup::fresh("cat-forge");
+    let forge = common::forge::FakeForge::start(common::forge::Flavor::GitLab {
+        token: "glpat-forge-s3cret".into(),
+        project: "platform/images/catalog".into(),
+    });
+    apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: cat-forge-gitlab, namespace: image-catalog}\n\
+         stringData: {token: glpat-forge-s3cret}\n",
+    );
+    let repo = TestRepo::new();
+    let commit = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-forge-a", "disk.qcow2"), ("cat-forge-b", "other.raw")]),
+        )],
+        "two images",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    apply_catalog(
+        "cat-forge",
+        &remote.url(TestRepo::NAME),
+        &format!(
+            "  commitStatus: {{provider: GitLab, apiURL: '{}', repository: platform/images/catalog, secretRef: {{name: cat-forge-gitlab}}}}\n",
+            forge.api_url()
+        ),
+    );
+    let context = "image-catalog/cat-forge";
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let (state, description) = loop {
+        if let Some(status) = forge
+            .gitlab_status(&commit, context)
+            .filter(|(state, _)| state == "success")
+        {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no success status on the commit; the forge got {:#?}, the catalog is {:#}",
+            forge.calls(),
+            catalog("cat-forge")["status"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (state.as_str(), description.as_str()),
+        ("success", "2/2 Ready")
+    );
+    let calls = forge.accepted();
+    let states: Vec<&str> = calls
+        .iter()
+        .filter_map(|call| call.body["state"].as_str())
+        .collect();
+    assert_eq!(states.first(), Some(&"pending"), "{calls:#?}");
+    assert_eq!(states.last(), Some(&"success"), "{calls:#?}");
+    assert!(
+        calls.iter().all(|call| call.path
+            == format!("/api/v4/projects/platform%2Fimages%2Fcatalog/statuses/{commit}")),
+        "{calls:#?}"
+    );
+    // Nothing more once the state is final: the next sync of the same commit posts nothing.
+    let before = forge.calls().len();
+    let syncs = metric("image_catalog_catalog_syncs_total", "cat-forge");
+    assert_eq!(push_webhook("cat-forge", WEBHOOK_SECRET), 202);
+    wait_for("the webhook's sync", TIMEOUT, || {
+        (metric("image_catalog_catalog_syncs_total", "cat-forge") > syncs).then_some(())
+    });
+    assert_eq!(forge.calls().len(), before, "{:#?}", forge.calls());
 }
