@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::file_server::{Behavior, FileServer};
-use common::git_server::{GitDaemon, HttpGitServer, TestRepo, git};
+use common::git_server::{GitDaemon, HttpGitServer, SshGitServer, TestRepo, git};
 use common::{TestEnv, testenv, wait_for};
 use serde_json::Value;
 
@@ -749,4 +749,48 @@ fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
         (metric("image_catalog_catalog_syncs_total", "cat-forge") > syncs).then_some(())
     });
     assert_eq!(forge.calls().len(), before, "{:#?}", forge.calls());
+}
+
+#[test]
+fn ssh_with_a_key_syncs_and_an_unknown_host_key_stops_the_fetch() {
+    let _cleanup = Cleanup::fresh("cat-ssh");
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-ssh-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let server = SshGitServer::start();
+    let secret = |known_hosts: &str| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "cat-ssh-git", "namespace": "image-catalog"},
+            "stringData": {"identity": server.identity, "known_hosts": known_hosts},
+        })
+        .to_string()
+    };
+    // A known_hosts that lists the server with another key: possibly an attack.
+    let other_key = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let host = server.known_hosts.split_whitespace().next().unwrap();
+    apply(&secret(&format!("{host} ssh-ed25519 {other_key}\n")));
+    apply(&format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: cat-ssh}}\n\
+         spec:\n  git: {{url: '{}', ref: {{branch: main}}, path: images, secretRef: {{name: cat-ssh-git}}}}\n  interval: 2s\n\
+         \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n",
+        server.url(&repo.bare())
+    ));
+    let refused = wait_for_catalog("cat-ssh", "the host key refusal", |c| {
+        condition(c, "Ready").is_some_and(|r| r["reason"] == "GitHostKeyNotTrusted")
+    });
+    let message = condition(&refused, "Ready").unwrap()["message"].to_string();
+    assert!(message.contains("does not match known_hosts"), "{message}");
+    assert!(get("cvi", "cat-ssh-a").is_none());
+    let text = refused.to_string();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    apply(&secret(&server.known_hosts));
+    wait_for_phase("cat-ssh-a", "Ready");
 }

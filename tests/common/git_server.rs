@@ -340,3 +340,99 @@ fn cgi_response(output: &[u8]) -> axum::response::Response {
         .body(axum::body::Body::from(output[at + separator..].to_vec()))
         .unwrap()
 }
+
+/// A local `sshd` for this user, with its own host key and one authorized client key:
+/// `ssh://` remotes as forges serve them, host key checking included.
+pub struct SshGitServer {
+    pub user: String,
+    /// The client's private key (PEM), for the Secret's `identity`.
+    pub identity: String,
+    /// The `known_hosts` line of this server.
+    pub known_hosts: String,
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SshGitServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        for (key, kind) in [("host_key", "ed25519"), ("client_key", "ecdsa")] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-m", "PEM", "-N", "", "-C", key, "-f"])
+                .arg(path(key))
+                .output()
+                .expect("ssh-keygen");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::copy(path("client_key.pub"), path("authorized_keys")).unwrap();
+        let port = free_port();
+        std::fs::write(
+            path("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\n\
+                 AuthorizedKeysFile {}\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 StrictModes no\nUsePAM no\n",
+                path("host_key"),
+                path("authorized_keys")
+            ),
+        )
+        .unwrap();
+        // sshd insists on its privilege separation directory even when it runs unprivileged.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let sshd = ["/usr/sbin/sshd", "/sbin/sshd"]
+            .into_iter()
+            .find(|candidate| Path::new(candidate).exists())
+            .expect("sshd is installed (scripts/testenv installs openssh-server)");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(path("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(path("sshd.log")).unwrap())
+            .spawn()
+            .expect("sshd");
+        wait_for_port(port, "sshd");
+        let host_key = std::fs::read_to_string(path("host_key.pub")).unwrap();
+        let mut fields = host_key.split_whitespace();
+        let known_hosts = format!(
+            "[127.0.0.1]:{port} {} {}\n",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        );
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        Self {
+            user,
+            identity: std::fs::read_to_string(path("client_key")).unwrap(),
+            known_hosts,
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of a repository at an absolute path on this machine.
+    pub fn url(&self, repository: &Path) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            repository.display()
+        )
+    }
+}
+
+impl Drop for SshGitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
