@@ -43,7 +43,21 @@ fn documented_examples_are_accepted_and_listed_with_the_documented_columns() {
     let label = "image-catalog.test/suite=cvi-api-examples";
     for example in &examples {
         let name = manifest_name(example);
-        env.kubectl_ok(&["delete", "cvi", &name, "--ignore-not-found", "--wait=true"]);
+        // No daemon runs here to honour the finalizer of an image another run's daemon
+        // imported under this name: drop it, or the delete waits forever.
+        let _ = env
+            .kubectl()
+            .args(["patch", "cvi", &name, "--type=merge", "-p"])
+            .arg(r#"{"metadata":{"finalizers":null}}"#)
+            .output();
+        env.kubectl_ok(&[
+            "delete",
+            "cvi",
+            &name,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
         env.kubectl_ok(&["apply", "-f", example.to_str().unwrap()]);
         env.kubectl_ok(&["label", "cvi", &name, label, "--overwrite"]);
     }
@@ -96,7 +110,7 @@ fn documented_examples_are_accepted_and_listed_with_the_documented_columns() {
     let by_category = env.kubectl_ok(&["get", "virtualization-cluster", "-l", label, "-o", "name"]);
     assert_eq!(by_category.lines().count(), examples.len(), "{by_category}");
 
-    env.kubectl_ok(&["delete", "cvi", "-l", label, "--wait=true"]);
+    env.kubectl_ok(&["delete", "cvi", "-l", label, "--wait=true", "--timeout=60s"]);
 }
 
 #[test]
