@@ -21,14 +21,9 @@ use crate::import::source::upload::UploadGate;
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
 
-#[derive(clap::Args, Debug)]
-pub struct ControllerArgs {
-    /// Path of a kubeconfig; without it, the in-cluster configuration (or ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The namespace the daemon runs in (for its Secrets).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
-    pub namespace: String,
+/// How to reach DVCR: shared by the daemon and the commands that read stored images.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DvcrArgs {
     /// DVCR address, host:port (needed by the import controller).
     #[arg(long, env = "DVCR_REGISTRY", value_name = "HOST:PORT")]
     pub dvcr_registry: Option<String>,
@@ -44,6 +39,18 @@ pub struct ControllerArgs {
     /// PEM file of the CA that signed DVCR's certificate.
     #[arg(long, env = "DVCR_CA_FILE", value_name = "FILE")]
     pub dvcr_ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Path of a kubeconfig; without it, the in-cluster configuration (or ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace the daemon runs in (for its Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub dvcr: DvcrArgs,
     /// How many images may import at once; the others wait in Pending.
     #[arg(long, env = "MAX_CONCURRENT_IMPORTS", default_value_t = 4)]
     pub max_concurrent_imports: usize,
@@ -145,8 +152,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
 
     if args.import_controller {
-        let dvcr =
-            Dvcr::new(dvcr_config(&args, &client).await?).context("configuring DVCR access")?;
+        let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
+            .context("configuring DVCR access")?;
         let settings = ControllerSettings {
             max_concurrent_imports: args.max_concurrent_imports,
             selector: args.selector.clone(),
@@ -227,7 +234,11 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
     Client::try_from(config).context("building the Kubernetes client")
 }
 
-async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<DvcrConfig> {
+pub async fn dvcr_config(
+    args: &DvcrArgs,
+    namespace: &str,
+    client: &Client,
+) -> anyhow::Result<DvcrConfig> {
     let Some(registry) = args.dvcr_registry.clone() else {
         anyhow::bail!(
             "the import controller needs DVCR: set --dvcr-registry (or DVCR_REGISTRY), or switch it off with --import-controller=false"
@@ -242,10 +253,11 @@ async fn dvcr_config(args: &ControllerArgs, client: &Client) -> anyhow::Result<D
     };
     let (username, password) = match &args.dvcr_auth_secret {
         Some(secret) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
-            let secret = secrets.get(secret).await.with_context(|| {
-                format!("reading the DVCR auth Secret {}/{secret}", args.namespace)
-            })?;
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let secret = secrets
+                .get(secret)
+                .await
+                .with_context(|| format!("reading the DVCR auth Secret {}/{secret}", namespace))?;
             let (username, password) = registry_credentials(&secret, &registry)?;
             (Some(username), Some(password))
         }

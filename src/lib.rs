@@ -18,3 +18,5 @@ pub mod server;
 pub mod sync;
 pub mod tls;
 pub mod upload_cli;
+pub mod verify;
+pub mod verify_cli;

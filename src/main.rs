@@ -29,6 +29,9 @@ enum Command {
     /// Show what a sync of a catalog would create, update, recreate, prune or refuse,
     /// against the cluster, without changing anything.
     Plan(image_catalog::plan_cli::PlanArgs),
+    /// Verify one stored image now: its manifest, layer digest and disk checksums in DVCR.
+    /// Prints the result, records the image's Verified condition, exits 1 unless verified.
+    Verify(image_catalog::verify_cli::VerifyArgs),
     /// Print the JSON Schema of catalog files (for editors), generated from the code.
     Schema {
         /// Write it to this file instead of printing it.
@@ -67,6 +70,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => validate(&path),
+        Command::Verify(args) => {
+            let verified = tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(image_catalog::verify_cli::run(args))?;
+            Ok(if verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Plan(args) => {
             let clean = tokio::runtime::Runtime::new()
                 .context("starting the async runtime")?
@@ -136,6 +149,9 @@ fn run_other(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Schema { .. } | Command::Validate { .. } | Command::Plan(_) => Ok(()),
+        Command::Schema { .. }
+        | Command::Validate { .. }
+        | Command::Plan(_)
+        | Command::Verify(_) => Ok(()),
     }
 }

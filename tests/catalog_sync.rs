@@ -794,3 +794,127 @@ fn ssh_with_a_key_syncs_and_an_unknown_host_key_stops_the_fetch() {
     apply(&secret(&server.known_hosts));
     wait_for_phase("cat-ssh-a", "Ready");
 }
+
+/// `image-catalog verify <name>`: (exit status, stdout).
+fn run_verify(name: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_image-catalog"))
+        .args(["verify", name])
+        .envs(&world().env.vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.stderr.is_empty() || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A file of the registry's storage: `docker/registry/v2/<relative>`.
+fn registry_file(relative: &str) -> std::path::PathBuf {
+    let data = world()
+        .env
+        .vars
+        .get("TESTENV_DVCR_DATA")
+        .expect("TESTENV_DVCR_DATA in .testenv/env: restart the environment (scripts/testenv down; scripts/testenv up)");
+    Path::new(data).join("docker/registry/v2").join(relative)
+}
+
+fn blob_file(digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    registry_file(&format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
+#[test]
+fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do() {
+    let _cleanup = Cleanup::fresh("cat-verify");
+    // Bytes no other test stores: the registry shares equal blobs between images.
+    let unique: Vec<u8> = format!("verify {:?} ", std::time::SystemTime::now())
+        .bytes()
+        .cycle()
+        .take(300_000)
+        .collect();
+    std::fs::write(
+        world()._dir.path().join("images/verify-unique.raw"),
+        &unique,
+    )
+    .unwrap();
+    let repo = TestRepo::new();
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-verify-a", "verify-unique.raw")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    apply_catalog("cat-verify", &remote.url(TestRepo::NAME), "");
+    wait_for_phase("cat-verify-a", "Ready");
+    let verified = |reason: &str| {
+        let cvi = get("cvi", "cat-verify-a").unwrap();
+        let condition = condition(&cvi, "Verified").expect("a Verified condition");
+        assert_eq!(condition["reason"], reason, "{condition}");
+        condition
+    };
+
+    let (code, out) = run_verify("cat-verify-a");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("cat-verify-a: Verified: layer sha256:"),
+        "{out}"
+    );
+    let first = verified("Verified");
+    assert_eq!(first["status"], "True");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Last verified 20"),
+        "{first}"
+    );
+    // The import controller's conditions are still there beside it.
+    let cvi = get("cvi", "cat-verify-a").unwrap();
+    assert_eq!(condition(&cvi, "Ready").unwrap()["status"], "True");
+
+    // One flipped byte inside the disk file, on the registry's disk.
+    let uid = cvi["metadata"]["uid"].as_str().unwrap().to_string();
+    let tag_dir = registry_file(&format!(
+        "repositories/cvi/cat-verify-a/_manifests/tags/{uid}"
+    ));
+    let manifest_digest = std::fs::read_to_string(tag_dir.join("current/link")).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob_file(manifest_digest.trim())).unwrap()).unwrap();
+    let layer = blob_file(manifest["layers"][0]["digest"].as_str().unwrap());
+    let original = std::fs::read(&layer).unwrap();
+    let mut corrupt = original.clone();
+    corrupt[5000] ^= 0x20;
+    std::fs::write(&layer, &corrupt).unwrap();
+    let (code, out) = run_verify("cat-verify-a");
+    std::fs::write(&layer, &original).unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ChecksumMismatch"), "{out}");
+    let mismatch = verified("ChecksumMismatch");
+    assert_eq!(mismatch["status"], "False");
+    assert!(
+        mismatch["message"]
+            .as_str()
+            .unwrap()
+            .contains("delete the ClusterVirtualImage and create it again"),
+        "{mismatch}"
+    );
+
+    // The manifest gone from the registry: the image is lost.
+    let moved = tag_dir.with_extension("moved");
+    std::fs::rename(&tag_dir, &moved).unwrap();
+    let (code, out) = run_verify("cat-verify-a");
+    std::fs::rename(&moved, &tag_dir).unwrap();
+    assert_eq!(code, 1, "{out}");
+    verified("ImageLost");
+
+    // Back as it was: verified again.
+    assert_eq!(run_verify("cat-verify-a").0, 0);
+    assert_eq!(verified("Verified")["status"], "True");
+}

@@ -499,6 +499,30 @@ impl Dvcr {
         })
     }
 
+    /// The whole layer blob of a stored image, as the registry serves it, for verification:
+    /// the caller checks the digest itself (a range request, so the client does not stop at
+    /// a mismatch before the caller has seen every byte).
+    pub async fn layer_stream(
+        &self,
+        repository: &str,
+        layer: &StoredLayer,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>, DvcrError>
+    {
+        use oci_client::client::BlobResponse;
+        check_repository(repository)?;
+        check_digest(&layer.digest)?;
+        let reference = self.reference(repository, "latest");
+        let name = format!("{}/{repository}@{}", self.inner.registry, layer.digest);
+        let response = self
+            .inner
+            .oci
+            .pull_blob_stream_partial(&reference, layer.digest.as_str(), 0, Some(layer.size))
+            .await
+            .map_err(|e| not_found_as(DvcrError::from_oci("pull layer", e), &name))?;
+        let (BlobResponse::Full(sized) | BlobResponse::Partial(sized)) = response;
+        Ok(sized.stream)
+    }
+
     /// The first two tar blocks of a layer (a range request: the layer may be gigabytes).
     async fn layer_headers(
         &self,
