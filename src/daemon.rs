@@ -98,6 +98,23 @@ pub struct ControllerArgs {
     /// Parallel API calls of a catalog sync (dry runs and applies).
     #[arg(long, env = "SYNC_API_CONCURRENCY", default_value_t = 32)]
     pub sync_api_concurrency: usize,
+    /// Re-verify stored images on their schedules and check that Ready images are still in
+    /// DVCR (needs the import controller's DVCR access).
+    #[arg(long, env = "VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verification: bool,
+    /// The verification schedule (five-field cron, UTC) of images without the
+    /// `imagecatalog.dev/verify-schedule` annotation.
+    #[arg(long, env = "VERIFY_SCHEDULE", default_value = "0 3 * * *")]
+    pub verify_schedule: String,
+    /// Runs of one schedule are spread over this many seconds.
+    #[arg(long, env = "VERIFY_JITTER_SECONDS", default_value_t = 3600)]
+    pub verify_jitter_seconds: u64,
+    /// Verifications reading from DVCR at once.
+    #[arg(long, env = "VERIFY_CONCURRENCY", default_value_t = 2)]
+    pub verify_concurrency: usize,
+    /// How often each Ready image's manifest is checked to be in DVCR, in seconds.
+    #[arg(long, env = "PRESENCE_INTERVAL_SECONDS", default_value_t = 300)]
+    pub presence_interval_seconds: u64,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -186,6 +203,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("serving uploads on {upload_addr}"))
         });
+        if args.verification {
+            let verify_settings = crate::verify::scheduler::VerifySettings {
+                default_schedule: args.verify_schedule.clone(),
+                jitter_window: Duration::from_secs(args.verify_jitter_seconds),
+                concurrency: args.verify_concurrency,
+                presence_interval: Duration::from_secs(args.presence_interval_seconds.max(1)),
+                selector: args.selector.clone(),
+            };
+            let (client, dvcr, metrics) = (client.clone(), dvcr.clone(), metrics.clone());
+            tracing::info!("verification started");
+            parts.spawn(async move {
+                crate::verify::scheduler::run(client, dvcr, verify_settings, metrics).await
+            });
+        }
         let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
         tracing::info!("import controller started");
         let import_ready = ready.clone();

@@ -24,6 +24,11 @@ pub struct SyncLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabel {
+    pub image: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CatalogLabel {
     pub catalog: String,
 }
@@ -34,6 +39,9 @@ pub struct Metrics {
     pub catalog_writes: Family<CatalogLabel, Counter>,
     pub catalog_sync_seconds: Family<CatalogLabel, Histogram>,
     pub webhooks: Family<ReasonLabel, Counter>,
+    pub verifications: Family<ReasonLabel, Counter>,
+    pub verifications_in_flight: Gauge,
+    pub verification_last_success: Family<ImageLabel, Gauge>,
     pub imports_in_flight: Gauge,
     pub imports_queued: Gauge,
     pub bytes_imported: Counter,
@@ -136,8 +144,29 @@ impl Metrics {
             "Webhook calls by result (accepted, bad_signature, unknown_catalog, ...)",
             webhooks.clone(),
         );
+        let verifications = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "verifications",
+            "Verifications of stored images by result (Verified, ChecksumMismatch, ImageLost, SourceChanged, VerificationFailed)",
+            verifications.clone(),
+        );
+        let verifications_in_flight = Gauge::default();
+        registry.register(
+            "verifications_in_flight",
+            "Verifications reading from DVCR right now",
+            verifications_in_flight.clone(),
+        );
+        let verification_last_success = Family::<ImageLabel, Gauge>::default();
+        registry.register(
+            "verification_last_success_timestamp_seconds",
+            "When each image last verified (Unix time); time() minus this is the age of the proof",
+            verification_last_success.clone(),
+        );
         Self {
             registry,
+            verifications,
+            verifications_in_flight,
+            verification_last_success,
             catalog_syncs,
             catalog_writes,
             catalog_sync_seconds,

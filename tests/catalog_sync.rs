@@ -82,6 +82,7 @@ fn start_daemon(
         "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{metrics_port} \
          --upload-addr 127.0.0.1:{upload} --webhook-addr 127.0.0.1:{webhook_port} \
          --git-cache-dir '{cache}' --max-import-attempts 1 \
+         --presence-interval-seconds 1 --verify-schedule '0 0 1 1 *' --verify-jitter-seconds 0 \
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
         upload = free_port(),
@@ -906,15 +907,36 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
         "{mismatch}"
     );
 
-    // The manifest gone from the registry: the image is lost.
+    // The manifest gone from the registry: the presence check finds the image lost, says so
+    // in its phase, its Ready condition and an Event, and so does a verification.
     let moved = tag_dir.with_extension("moved");
     std::fs::rename(&tag_dir, &moved).unwrap();
+    wait_for_phase("cat-verify-a", "ImageLost");
+    let cvi = get("cvi", "cat-verify-a").unwrap();
+    let ready = condition(&cvi, "Ready").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ImageLost")),
+        "{ready}"
+    );
     let (code, out) = run_verify("cat-verify-a");
-    std::fs::rename(&moved, &tag_dir).unwrap();
     assert_eq!(code, 1, "{out}");
     verified("ImageLost");
+    let events = world().env.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=cat-verify-a,reason=ImageLost",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "no ImageLost event");
 
-    // Back as it was: verified again.
+    // Back as it was: Ready again, and verified again.
+    std::fs::rename(&moved, &tag_dir).unwrap();
+    wait_for_phase("cat-verify-a", "Ready");
     assert_eq!(run_verify("cat-verify-a").0, 0);
     assert_eq!(verified("Verified")["status"], "True");
 }

@@ -905,7 +905,7 @@ fn now() -> Time {
 
 /// Applies the status with server-side apply: the fields this controller owns are exactly the
 /// ones it writes, and conditions other managers own (verification) stay untouched.
-async fn write_status(
+pub(crate) async fn write_status(
     client: &Client,
     name: &str,
     status: &ImageStatus,

@@ -14,6 +14,9 @@ use crate::api::datasource::Checksum;
 use crate::dvcr::layout::{self, ImageLabels};
 use crate::dvcr::{Dvcr, DvcrError, StoredImage};
 
+pub mod schedule;
+pub mod scheduler;
+
 pub const VERIFIED: &str = "Verified";
 pub const FIELD_MANAGER: &str = "image-catalog-verify";
 

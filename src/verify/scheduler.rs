@@ -1,0 +1,308 @@
+//! The daemon's verification loop: watches imported images, runs each one's verification
+//! when its (jittered) schedule comes, at most `concurrency` at a time, and checks more often,
+//! by a manifest HEAD only, that every Ready image is still in DVCR: a lost one goes to
+//! `ImageLost`, and back to `Ready` when its manifest returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::schedule::{jitter, next_run, schedule_of};
+use super::{Verdict, record, verify};
+use crate::api::ClusterVirtualImage;
+use crate::api::status::ImagePhase;
+use crate::api::status::condition::READY;
+use crate::dvcr::{Dvcr, DvcrError, layout};
+use crate::metrics::{ImageLabel, Metrics, ReasonLabel};
+
+#[derive(Clone, Debug)]
+pub struct VerifySettings {
+    /// The schedule of images without the annotation.
+    pub default_schedule: String,
+    /// Runs of one schedule spread over this window.
+    pub jitter_window: Duration,
+    /// Verifications reading from DVCR at once.
+    pub concurrency: usize,
+    /// How often each Ready image's manifest is checked for presence.
+    pub presence_interval: Duration,
+    /// Only images matching this label selector.
+    pub selector: Option<String>,
+}
+
+/// What the loop knows of one image.
+struct Entry {
+    schedule: String,
+    parsed: Option<crate::schedule::Schedule>,
+    next: Option<DateTime<Utc>>,
+    running: bool,
+    presence_next: DateTime<Utc>,
+}
+
+enum Done {
+    Verified { uid: String },
+}
+
+pub async fn run(
+    client: Client,
+    dvcr: Dvcr,
+    settings: VerifySettings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    crate::schedule::parse(&settings.default_schedule)
+        .map_err(|error| anyhow::anyhow!("--verify-schedule: {error}"))?;
+    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &settings.selector {
+        config = config.labels(selector);
+    }
+    let (store, writer) = reflector::store();
+    let watch = reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(watch);
+    store.wait_until_ready().await?;
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "image-catalog-verify".into(),
+            instance: None,
+        },
+    );
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut entries: HashMap<String, Entry> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(done) = done_rx.recv() => {
+                let Done::Verified { uid } = done;
+                if let Some(entry) = entries.get_mut(&uid) {
+                    entry.running = false;
+                    entry.next = entry.parsed.as_ref().and_then(|schedule| {
+                        next_run(schedule, Utc::now(), jitter(&uid, settings.jitter_window))
+                    });
+                }
+                continue;
+            }
+        }
+        let now = Utc::now();
+        let images = store.state();
+        entries.retain(|uid, _| images.iter().any(|cvi| cvi.uid().as_deref() == Some(uid)));
+        for cvi in images {
+            let Some(uid) = cvi.uid() else { continue };
+            let phase = cvi.status.as_ref().and_then(|status| status.phase);
+            if !matches!(phase, Some(ImagePhase::Ready | ImagePhase::ImageLost))
+                || cvi.meta().deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let schedule = schedule_of(cvi.annotations(), &settings.default_schedule).to_string();
+            let entry = entries.entry(uid.clone()).or_insert_with(|| Entry {
+                schedule: String::new(),
+                parsed: None,
+                next: None,
+                running: false,
+                // Presence checks spread over their interval like verifications.
+                presence_next: now
+                    + chrono::Duration::from_std(jitter(&uid, settings.presence_interval))
+                        .unwrap_or_default(),
+            });
+            if entry.schedule != schedule {
+                entry.schedule = schedule.clone();
+                match crate::schedule::parse(&schedule) {
+                    Ok(parsed) => {
+                        entry.next = next_run(&parsed, now, jitter(&uid, settings.jitter_window));
+                        entry.parsed = Some(parsed);
+                    }
+                    Err(error) => {
+                        entry.parsed = None;
+                        entry.next = None;
+                        let verdict = Verdict::VerificationFailed(format!(
+                            "the verification schedule is invalid: {error}; fix the imagecatalog.dev/verify-schedule annotation (or the catalog entry it comes from)"
+                        ));
+                        if let Err(error) = record(&client, &cvi, &verdict).await {
+                            tracing::warn!(image = %cvi.name_any(), %error, "recording the schedule problem failed");
+                        }
+                    }
+                }
+            }
+            if now >= entry.presence_next {
+                entry.presence_next = now
+                    + chrono::Duration::from_std(settings.presence_interval).unwrap_or_default();
+                let (client, dvcr, recorder, cvi) =
+                    (client.clone(), dvcr.clone(), recorder.clone(), cvi.clone());
+                tokio::spawn(async move { check_presence(&client, &dvcr, &recorder, &cvi).await });
+            }
+            let due = entry.next.is_some_and(|next| now >= next);
+            if due && !entry.running && phase == Some(ImagePhase::Ready) {
+                entry.running = true;
+                let (client, dvcr, recorder, metrics, slots, done) = (
+                    client.clone(),
+                    dvcr.clone(),
+                    recorder.clone(),
+                    metrics.clone(),
+                    slots.clone(),
+                    done_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Ok(_slot) = slots.acquire_owned().await {
+                        metrics.verifications_in_flight.inc();
+                        run_one(&client, &dvcr, &recorder, &metrics, &cvi).await;
+                        metrics.verifications_in_flight.dec();
+                    }
+                    let _ = done.send(Done::Verified { uid });
+                });
+            }
+        }
+    }
+}
+
+/// One scheduled verification: verify, record, count, and raise an Event on failure.
+async fn run_one(
+    client: &Client,
+    dvcr: &Dvcr,
+    recorder: &Recorder,
+    metrics: &Metrics,
+    cvi: &ClusterVirtualImage,
+) {
+    let name = cvi.name_any();
+    let verdict = verify(dvcr, cvi).await;
+    metrics
+        .verifications
+        .get_or_create(&ReasonLabel {
+            reason: verdict.reason().to_string(),
+        })
+        .inc();
+    if verdict.is_verified() {
+        metrics
+            .verification_last_success
+            .get_or_create(&ImageLabel {
+                image: name.clone(),
+            })
+            .set(Utc::now().timestamp());
+        tracing::info!(image = %name, "{}", verdict.message());
+    } else {
+        tracing::warn!(image = %name, reason = verdict.reason(), "{}", verdict.message());
+        publish(
+            recorder,
+            cvi,
+            EventType::Warning,
+            verdict.reason(),
+            verdict.message(),
+        )
+        .await;
+    }
+    if let Err(error) = record(client, cvi, &verdict).await {
+        tracing::warn!(image = %name, %error, "recording the verification failed");
+    }
+}
+
+/// The manifest HEAD of a Ready or ImageLost image, and the phase change it calls for.
+async fn check_presence(
+    client: &Client,
+    dvcr: &Dvcr,
+    recorder: &Recorder,
+    cvi: &ClusterVirtualImage,
+) {
+    let name = cvi.name_any();
+    let uid = cvi.uid().unwrap_or_default();
+    let repository = layout::cvi_repository(&name);
+    let present = match dvcr.manifest_digest(&repository, &uid).await {
+        Ok(digest) => digest.is_some(),
+        Err(DvcrError::NotFound { .. }) => false,
+        Err(error) => {
+            // Unreachable DVCR says nothing about the image: no phase change.
+            tracing::debug!(image = %name, %error, "presence check failed");
+            return;
+        }
+    };
+    let phase = cvi.status.as_ref().and_then(|status| status.phase);
+    let url = dvcr.image_url(&repository, &uid);
+    let change = match (phase, present) {
+        (Some(ImagePhase::Ready), false) => (
+            ImagePhase::ImageLost,
+            false,
+            "ImageLost",
+            format!(
+                "The stored image {url} is gone from DVCR; delete the ClusterVirtualImage and create it again to import it anew."
+            ),
+        ),
+        (Some(ImagePhase::ImageLost), true) => (
+            ImagePhase::Ready,
+            true,
+            "Ready",
+            format!("The image is stored in DVCR as {url}."),
+        ),
+        _ => return,
+    };
+    let (new_phase, ready, reason, message) = change;
+    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
+    let Ok(Some(fresh)) = api.get_opt(&name).await else {
+        return;
+    };
+    // The watch may lag: an image being deleted (its DVCR copy first) is not lost, and a
+    // phase someone else changed meanwhile is theirs.
+    let fresh_phase = fresh.status.as_ref().and_then(|status| status.phase);
+    if fresh.metadata.deletion_timestamp.is_some()
+        || fresh.uid() != cvi.uid()
+        || fresh_phase != phase
+    {
+        return;
+    }
+    let mut status = fresh.status.clone().unwrap_or_default();
+    status.phase = Some(new_phase);
+    crate::import::status::set_condition(
+        &mut status.conditions,
+        READY,
+        Some(ready),
+        reason,
+        &message,
+        fresh.metadata.generation.unwrap_or_default(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if let Err(error) = crate::import::controller::write_status(client, &name, &status).await {
+        tracing::warn!(image = %name, %error, "writing the {new_phase} phase failed; the next presence check tries again");
+        return;
+    }
+    if ready {
+        tracing::info!(image = %name, "{message}");
+        publish(recorder, cvi, EventType::Normal, "ImageFound", &message).await;
+    } else {
+        tracing::warn!(image = %name, "{message}");
+        publish(recorder, cvi, EventType::Warning, "ImageLost", &message).await;
+        let verdict = Verdict::ImageLost(message);
+        if let Err(error) = record(client, &fresh, &verdict).await {
+            tracing::warn!(image = %name, %error, "recording the loss failed");
+        }
+    }
+}
+
+async fn publish(
+    recorder: &Recorder,
+    cvi: &ClusterVirtualImage,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.chars().take(128).collect(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Verify".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &cvi.object_ref(&())).await {
+        tracing::debug!(%error, "publishing an event failed");
+    }
+}
