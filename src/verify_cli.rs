@@ -24,6 +24,10 @@ pub struct VerifyArgs {
     pub namespace: String,
     #[command(flatten)]
     pub dvcr: DvcrArgs,
+    /// Also fetch the HTTP source again and compare it with what was stored (the default
+    /// follows the image's imagecatalog.dev/verify-upstream annotation).
+    #[arg(long)]
+    pub upstream: bool,
     /// Print the result only; leave the image's Verified condition as it is.
     #[arg(long)]
     pub dry_run: bool,
@@ -48,7 +52,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     }
     let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
         .context("configuring DVCR access")?;
-    let verdict = verify::verify(&dvcr, &cvi).await;
+    let upstream = args.upstream || verify::wants_upstream_check(&cvi);
+    let verdict = verify::verify(&dvcr, &cvi, upstream).await;
     println!("{}: {}: {}", args.name, verdict.reason(), verdict.message());
     if !args.dry_run {
         verify::record(&client, &cvi, &verdict)

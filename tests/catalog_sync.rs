@@ -798,8 +798,14 @@ fn ssh_with_a_key_syncs_and_an_unknown_host_key_stops_the_fetch() {
 
 /// `image-catalog verify <name>`: (exit status, stdout).
 fn run_verify(name: &str) -> (i32, String) {
+    run_verify_with(&[], name)
+}
+
+fn run_verify_with(flags: &[&str], name: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_image-catalog"))
-        .args(["verify", name])
+        .arg("verify")
+        .args(flags)
+        .arg(name)
         .envs(&world().env.vars)
         .output()
         .unwrap();
@@ -939,4 +945,26 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
     wait_for_phase("cat-verify-a", "Ready");
     assert_eq!(run_verify("cat-verify-a").0, 0);
     assert_eq!(verified("Verified")["status"], "True");
+
+    // The upstream check: the same bytes behind the URL pass; a changed file is named.
+    let (code, out) = run_verify_with(&["--upstream"], "cat-verify-a");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("still has the same bytes"), "{out}");
+    let mut changed = unique.clone();
+    changed[10] ^= 1;
+    std::fs::write(
+        world()._dir.path().join("images/verify-unique.raw"),
+        &changed,
+    )
+    .unwrap();
+    let (code, out) = run_verify_with(&["--upstream"], "cat-verify-a");
+    assert_eq!(code, 1, "{out}");
+    let source_changed = verified("SourceChanged");
+    assert!(
+        source_changed["message"]
+            .as_str()
+            .unwrap()
+            .contains("the stored image is intact"),
+        "{source_changed}"
+    );
 }

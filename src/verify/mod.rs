@@ -201,8 +201,18 @@ fn short_digest(digest: &str) -> &str {
     &digest[..end]
 }
 
-/// Verifies the stored image of `cvi` against DVCR.
-pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage) -> Verdict {
+/// Whether an image asks for the upstream check (`imagecatalog.dev/verify-upstream: "true"`,
+/// from its catalog entry or set by hand).
+pub fn wants_upstream_check(cvi: &ClusterVirtualImage) -> bool {
+    use kube::ResourceExt;
+    cvi.annotations()
+        .get(crate::api::catalog::keys::VERIFY_UPSTREAM)
+        .is_some_and(|value| value.trim() == "true")
+}
+
+/// Verifies the stored image of `cvi` against DVCR, and with `check_upstream` its HTTP
+/// source against what was stored.
+pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage, check_upstream: bool) -> Verdict {
     use futures::StreamExt;
     let name = cvi.metadata.name.clone().unwrap_or_default();
     let uid = cvi.metadata.uid.clone().unwrap_or_default();
@@ -255,7 +265,60 @@ pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage) -> Verdict {
             }
         }
     }
-    judge(&expected, &hasher.finish())
+    let verdict = judge(&expected, &hasher.finish());
+    if !verdict.is_verified() || !check_upstream {
+        return verdict;
+    }
+    match (&cvi.spec.data_source.http, &labels.sha256) {
+        (Some(http), Some(stored)) => {
+            match upstream(&http.url, http.ca_bundle.as_deref(), stored).await {
+                Ok(None) => Verdict::Verified(format!(
+                    "{}, and the source at {} still has the same bytes",
+                    verdict.message(),
+                    crate::import::source::http::redact_url(&http.url)
+                )),
+                Ok(Some(changed)) => changed,
+                Err(message) => Verdict::VerificationFailed(format!(
+                    "the stored bytes are intact, but the upstream check could not read the source: {message}; the next run tries again"
+                )),
+            }
+        }
+        // Only HTTP sources have an upstream to compare with.
+        _ => verdict,
+    }
+}
+
+/// Whether the file behind `url` still hashes to `stored_sha256`: `Ok(None)` when it does,
+/// a `SourceChanged` verdict when not. Read with the import's own HTTP source.
+async fn upstream(
+    url: &str,
+    ca_bundle: Option<&str>,
+    stored_sha256: &str,
+) -> Result<Option<Verdict>, String> {
+    use crate::import::source::http::{HttpDownload, HttpSourceOptions, redact_url};
+    let ca = ca_bundle
+        .map(crate::import::http_import::decode_ca_bundle)
+        .transpose()
+        .map_err(|error| error.to_string())?;
+    let mut download = HttpDownload::open(url, ca.as_deref(), HttpSourceOptions::default())
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut sha256 = Sha256::new();
+    while let Some(chunk) = download
+        .next_chunk()
+        .await
+        .map_err(|error| error.to_string())?
+    {
+        sha256.update(&chunk);
+    }
+    let now = hex::encode(sha256.finalize());
+    if now.eq_ignore_ascii_case(stored_sha256) {
+        return Ok(None);
+    }
+    Ok(Some(Verdict::SourceChanged(format!(
+        "the file at {} changed since the import: its sha256 is now {now}, the stored image's is {stored_sha256}; the stored image is intact. A Ready image does not change: to serve the new file, create an image under a new name (and fix the checksum in the catalog)",
+        redact_url(url)
+    ))))
 }
 
 /// Writes the `Verified` condition of `cvi` (only that condition, under [`FIELD_MANAGER`]).

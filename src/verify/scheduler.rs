@@ -177,7 +177,7 @@ async fn run_one(
     cvi: &ClusterVirtualImage,
 ) {
     let name = cvi.name_any();
-    let verdict = verify(dvcr, cvi).await;
+    let verdict = verify(dvcr, cvi, super::wants_upstream_check(cvi)).await;
     metrics
         .verifications
         .get_or_create(&ReasonLabel {
