@@ -142,10 +142,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if args.catalog_controller {
         let settings = crate::sync::controller::SyncSettings {
             namespace: args.namespace.clone(),
-            cache_dir: args
-                .git_cache_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("image-catalog-git")),
+            cache_dir: git_cache_dir(&args),
             api_concurrency: args.sync_api_concurrency.max(1),
         };
         let sync = crate::sync::controller::new(client.clone(), settings, metrics.clone());
@@ -211,10 +208,23 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 presence_interval: Duration::from_secs(args.presence_interval_seconds.max(1)),
                 selector: args.selector.clone(),
             };
+            // Verification checks go to the catalogs' commits, through their own notes
+            // cache: two writers must not share one local repository.
+            let publishers = args.catalog_controller.then(|| {
+                crate::sync::publish::Publishers::new(
+                    client.clone(),
+                    crate::sync::controller::SyncSettings {
+                        namespace: args.namespace.clone(),
+                        cache_dir: git_cache_dir(&args).join(".verify"),
+                        api_concurrency: 1,
+                    },
+                )
+            });
             let (client, dvcr, metrics) = (client.clone(), dvcr.clone(), metrics.clone());
             tracing::info!("verification started");
             parts.spawn(async move {
-                crate::verify::scheduler::run(client, dvcr, verify_settings, metrics).await
+                crate::verify::scheduler::run(client, dvcr, verify_settings, metrics, publishers)
+                    .await
             });
         }
         let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
@@ -246,6 +256,12 @@ fn init_logging(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+fn git_cache_dir(args: &ControllerArgs) -> PathBuf {
+    args.git_cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("image-catalog-git"))
 }
 
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {

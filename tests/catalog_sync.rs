@@ -850,7 +850,7 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
     )
     .unwrap();
     let repo = TestRepo::new();
-    repo.commit(
+    let commit = repo.commit(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-verify-a", "verify-unique.raw")]),
@@ -858,7 +858,8 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
         "one image",
     );
     let remote = GitDaemon::start(&repo.root);
-    apply_catalog("cat-verify", &remote.url(TestRepo::NAME), "");
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog("cat-verify", &url, "  commitStatus: {provider: GitNotes}\n");
     wait_for_phase("cat-verify-a", "Ready");
     let verified = |reason: &str| {
         let cvi = get("cvi", "cat-verify-a").unwrap();
@@ -939,6 +940,12 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
         "name",
     ]);
     assert!(!events.trim().is_empty(), "no ImageLost event");
+    // The catalog's commit says so too, beside the sync's own section.
+    let text = wait_for("the verification failure on the commit", TIMEOUT, || {
+        note(&url, &commit).filter(|text| text.contains("image-catalog/cat-verify/verify: failure"))
+    });
+    assert!(text.contains("cat-verify-a (ImageLost)"), "{text}");
+    assert!(text.contains("image-catalog/cat-verify: "), "{text}");
 
     // Back as it was: Ready again, and verified again.
     std::fs::rename(&moved, &tag_dir).unwrap();

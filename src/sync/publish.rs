@@ -97,6 +97,20 @@ impl Publishers {
         sink.send(check).await;
     }
 
+    /// Sends one check of this catalog (the verification checks use it), through the
+    /// catalog's provider; nothing when the catalog reports nowhere.
+    pub async fn send(&self, catalog: &ImageCatalog, check: CommitCheck) {
+        if catalog.spec.commit_status.is_none() {
+            return;
+        }
+        match self.sink(catalog).await {
+            Ok(sink) => sink.send(check).await,
+            Err(message) => {
+                tracing::warn!(catalog = %catalog.name_any(), "{message}; commit checks are not sent")
+            }
+        }
+    }
+
     /// The catalog's provider, rebuilt when its settings or Secret change.
     async fn sink(&self, catalog: &ImageCatalog) -> Result<Sink, String> {
         let name = catalog.name_any();

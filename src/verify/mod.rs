@@ -14,6 +14,7 @@ use crate::api::datasource::Checksum;
 use crate::dvcr::layout::{self, ImageLabels};
 use crate::dvcr::{Dvcr, DvcrError, StoredImage};
 
+pub mod check;
 pub mod schedule;
 pub mod scheduler;
 

@@ -3,7 +3,7 @@
 //! by a manifest HEAD only, that every Ready image is still in DVCR: a lost one goes to
 //! `ImageLost`, and back to `Ready` when its manifest returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +14,16 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::check::{VerifiedImage, verify_check};
 use super::schedule::{jitter, next_run, schedule_of};
 use super::{Verdict, record, verify};
 use crate::api::ClusterVirtualImage;
+use crate::api::catalog::ImageCatalog;
 use crate::api::status::ImagePhase;
 use crate::api::status::condition::READY;
 use crate::dvcr::{Dvcr, DvcrError, layout};
 use crate::metrics::{ImageLabel, Metrics, ReasonLabel};
+use crate::sync::publish::Publishers;
 
 #[derive(Clone, Debug)]
 pub struct VerifySettings {
@@ -46,7 +49,20 @@ struct Entry {
 }
 
 enum Done {
-    Verified { uid: String },
+    /// A verification finished.
+    Verified {
+        uid: String,
+        catalog: Option<String>,
+    },
+    /// A presence check changed an image's phase.
+    Changed { catalog: Option<String> },
+}
+
+/// The catalog an image came from.
+fn catalog_of(cvi: &ClusterVirtualImage) -> Option<String> {
+    cvi.labels()
+        .get(crate::api::catalog::keys::CATALOG)
+        .cloned()
 }
 
 pub async fn run(
@@ -54,6 +70,7 @@ pub async fn run(
     dvcr: Dvcr,
     settings: VerifySettings,
     metrics: Arc<Metrics>,
+    publishers: Option<Publishers>,
 ) -> anyhow::Result<()> {
     crate::schedule::parse(&settings.default_schedule)
         .map_err(|error| anyhow::anyhow!("--verify-schedule: {error}"))?;
@@ -80,24 +97,37 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut entries: HashMap<String, Entry> = HashMap::new();
+    // Catalogs whose verification check is to be sent again.
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(done) = done_rx.recv() => {
-                let Done::Verified { uid } = done;
-                if let Some(entry) = entries.get_mut(&uid) {
-                    entry.running = false;
-                    entry.next = entry.parsed.as_ref().and_then(|schedule| {
-                        next_run(schedule, Utc::now(), jitter(&uid, settings.jitter_window))
-                    });
+                match done {
+                    Done::Verified { uid, catalog } => {
+                        if let Some(entry) = entries.get_mut(&uid) {
+                            entry.running = false;
+                            entry.next = entry.parsed.as_ref().and_then(|schedule| {
+                                next_run(schedule, Utc::now(), jitter(&uid, settings.jitter_window))
+                            });
+                        }
+                        dirty.extend(catalog);
+                    }
+                    Done::Changed { catalog } => dirty.extend(catalog),
                 }
                 continue;
             }
         }
         let now = Utc::now();
         let images = store.state();
+        // The conditions written since the last tick are in the store by now.
+        if let Some(publishers) = &publishers {
+            for catalog in std::mem::take(&mut dirty) {
+                send_verify_check(&client, publishers, &catalog, &images).await;
+            }
+        }
         entries.retain(|uid, _| images.iter().any(|cvi| cvi.uid().as_deref() == Some(uid)));
         for cvi in images {
             let Some(uid) = cvi.uid() else { continue };
@@ -140,9 +170,20 @@ pub async fn run(
             if now >= entry.presence_next {
                 entry.presence_next = now
                     + chrono::Duration::from_std(settings.presence_interval).unwrap_or_default();
-                let (client, dvcr, recorder, cvi) =
-                    (client.clone(), dvcr.clone(), recorder.clone(), cvi.clone());
-                tokio::spawn(async move { check_presence(&client, &dvcr, &recorder, &cvi).await });
+                let (client, dvcr, recorder, cvi, done) = (
+                    client.clone(),
+                    dvcr.clone(),
+                    recorder.clone(),
+                    cvi.clone(),
+                    done_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    if check_presence(&client, &dvcr, &recorder, &cvi).await {
+                        let _ = done.send(Done::Changed {
+                            catalog: catalog_of(&cvi),
+                        });
+                    }
+                });
             }
             let due = entry.next.is_some_and(|next| now >= next);
             if due && !entry.running && phase == Some(ImagePhase::Ready) {
@@ -161,7 +202,10 @@ pub async fn run(
                         run_one(&client, &dvcr, &recorder, &metrics, &cvi).await;
                         metrics.verifications_in_flight.dec();
                     }
-                    let _ = done.send(Done::Verified { uid });
+                    let _ = done.send(Done::Verified {
+                        uid,
+                        catalog: catalog_of(&cvi),
+                    });
                 });
             }
         }
@@ -209,12 +253,13 @@ async fn run_one(
 }
 
 /// The manifest HEAD of a Ready or ImageLost image, and the phase change it calls for.
+/// Returns whether it changed the phase.
 async fn check_presence(
     client: &Client,
     dvcr: &Dvcr,
     recorder: &Recorder,
     cvi: &ClusterVirtualImage,
-) {
+) -> bool {
     let name = cvi.name_any();
     let uid = cvi.uid().unwrap_or_default();
     let repository = layout::cvi_repository(&name);
@@ -224,7 +269,7 @@ async fn check_presence(
         Err(error) => {
             // Unreachable DVCR says nothing about the image: no phase change.
             tracing::debug!(image = %name, %error, "presence check failed");
-            return;
+            return false;
         }
     };
     let phase = cvi.status.as_ref().and_then(|status| status.phase);
@@ -244,12 +289,12 @@ async fn check_presence(
             "Ready",
             format!("The image is stored in DVCR as {url}."),
         ),
-        _ => return,
+        _ => return false,
     };
     let (new_phase, ready, reason, message) = change;
     let api: Api<ClusterVirtualImage> = Api::all(client.clone());
     let Ok(Some(fresh)) = api.get_opt(&name).await else {
-        return;
+        return false;
     };
     // The watch may lag: an image being deleted (its DVCR copy first) is not lost, and a
     // phase someone else changed meanwhile is theirs.
@@ -258,7 +303,7 @@ async fn check_presence(
         || fresh.uid() != cvi.uid()
         || fresh_phase != phase
     {
-        return;
+        return false;
     }
     let mut status = fresh.status.clone().unwrap_or_default();
     status.phase = Some(new_phase);
@@ -273,7 +318,7 @@ async fn check_presence(
     );
     if let Err(error) = crate::import::controller::write_status(client, &name, &status).await {
         tracing::warn!(image = %name, %error, "writing the {new_phase} phase failed; the next presence check tries again");
-        return;
+        return false;
     }
     if ready {
         tracing::info!(image = %name, "{message}");
@@ -286,6 +331,7 @@ async fn check_presence(
             tracing::warn!(image = %name, %error, "recording the loss failed");
         }
     }
+    true
 }
 
 async fn publish(
@@ -304,5 +350,56 @@ async fn publish(
     };
     if let Err(error) = recorder.publish(&event, &cvi.object_ref(&())).await {
         tracing::debug!(%error, "publishing an event failed");
+    }
+}
+
+/// Sends `<prefix>/<catalog>/verify` on the catalog's applied commit, from the Verified
+/// conditions of its imported images.
+async fn send_verify_check(
+    client: &Client,
+    publishers: &Publishers,
+    catalog: &str,
+    images: &[Arc<ClusterVirtualImage>],
+) {
+    let api: Api<ImageCatalog> = Api::all(client.clone());
+    let Ok(Some(found)) = api.get_opt(catalog).await else {
+        return;
+    };
+    let Some(settings) = &found.spec.commit_status else {
+        return;
+    };
+    let Some(commit) = found
+        .status
+        .as_ref()
+        .and_then(|status| status.last_applied_revision.clone())
+    else {
+        return;
+    };
+    let rows: Vec<VerifiedImage> = images
+        .iter()
+        .filter(|cvi| catalog_of(cvi).as_deref() == Some(catalog))
+        .filter(|cvi| {
+            matches!(
+                cvi.status.as_ref().and_then(|status| status.phase),
+                Some(ImagePhase::Ready | ImagePhase::ImageLost)
+            )
+        })
+        .map(|cvi| VerifiedImage {
+            name: cvi.name_any(),
+            last: cvi
+                .status
+                .as_ref()
+                .and_then(|status| {
+                    status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == super::VERIFIED)
+                })
+                .map(|c| (c.status == "True", c.reason.clone())),
+        })
+        .collect();
+    let context = format!("{}/{catalog}/verify", settings.context_prefix);
+    if let Some(check) = verify_check(&context, &commit, &rows, settings.target_url.clone()) {
+        publishers.send(&found, check).await;
     }
 }
