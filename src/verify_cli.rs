@@ -59,6 +59,24 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         verify::record(&client, &cvi, &verdict)
             .await
             .with_context(|| format!("recording the Verified condition of {}", args.name))?;
+        if !verdict.is_verified() {
+            // Like a scheduled run: every failure is an Event too.
+            let recorder = kube::runtime::events::Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "image-catalog-verify".into(),
+                    instance: None,
+                },
+            );
+            verify::scheduler::publish(
+                &recorder,
+                &cvi,
+                kube::runtime::events::EventType::Warning,
+                verdict.reason(),
+                verdict.message(),
+            )
+            .await;
+        }
     }
     Ok(verdict.is_verified())
 }

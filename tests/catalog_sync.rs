@@ -904,6 +904,17 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
     std::fs::write(&layer, &original).unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("ChecksumMismatch"), "{out}");
+    let events = world().env.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=cat-verify-a,reason=ChecksumMismatch",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "no ChecksumMismatch event");
     let mismatch = verified("ChecksumMismatch");
     assert_eq!(mismatch["status"], "False");
     assert!(

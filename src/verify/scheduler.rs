@@ -334,7 +334,7 @@ async fn check_presence(
     true
 }
 
-async fn publish(
+pub(crate) async fn publish(
     recorder: &Recorder,
     cvi: &ClusterVirtualImage,
     type_: EventType,
