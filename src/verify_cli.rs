@@ -61,15 +61,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("recording the Verified condition of {}", args.name))?;
         if !verdict.is_verified() {
             // Like a scheduled run: every failure is an Event too.
-            let recorder = kube::runtime::events::Recorder::new(
-                client.clone(),
-                kube::runtime::events::Reporter {
-                    controller: "image-catalog-verify".into(),
-                    instance: None,
-                },
-            );
             verify::scheduler::publish(
-                &recorder,
+                &verify::recorder(&client),
                 &cvi,
                 kube::runtime::events::EventType::Warning,
                 verdict.reason(),

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use git2::{
-    CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, PushOptions,
+    CertificateCheckStatus, Cred, CredentialType, ErrorCode, FetchOptions, PushOptions,
     RemoteCallbacks, Repository,
 };
 
@@ -100,8 +100,9 @@ impl GitError {
         match self {
             Self::CredentialsInvalid(_) => "GitCredentialsInvalid",
             Self::AuthenticationFailed(_) => "GitAuthenticationFailed",
-            Self::HostKeyUnknown { .. } | Self::HostKeyMismatch { .. } => "GitHostKeyNotTrusted",
-            Self::HostKeyRevoked { .. } => "GitHostKeyNotTrusted",
+            Self::HostKeyUnknown { .. }
+            | Self::HostKeyMismatch { .. }
+            | Self::HostKeyRevoked { .. } => "GitHostKeyNotTrusted",
             Self::CertificateInvalid(_) => "GitCertificateInvalid",
             Self::ReferenceNotFound(_) => "GitReferenceNotFound",
             Self::RepositoryNotFound(_) => "GitRepositoryNotFound",
@@ -222,20 +223,13 @@ pub fn fetch(
         (_, Ok(())) => {}
         // Servers without uploadpack.allowReachableSHA1InWant refuse a fetch by commit id:
         // fetch every branch and tag, then look for it.
-        (GitReference::Commit(commit), Err(error)) if !is_access_error(&error) => {
+        (GitReference::Commit(_), Err(error)) if !is_access_error(&error) => {
+            tracing::debug!(%error, "fetch by commit id failed; fetching every branch and tag");
             let everything = [
                 "+refs/heads/*:refs/image-catalog/heads/*",
                 "+refs/tags/*:refs/image-catalog/tags/*",
             ];
             run_fetch(&repo, url, credentials, &everything, false)?;
-            return local_commit(&repo, commit)
-                .map(|commit| FetchedCommit { commit })
-                .ok_or_else(|| {
-                    tracing::debug!(%error, "fetch by commit id failed");
-                    GitError::ReferenceNotFound(format!(
-                        "commit {commit} is not on any branch or tag of the repository; check spec.git.ref.commit"
-                    ))
-                });
         }
         (_, Err(error)) => return Err(error),
     }
@@ -244,7 +238,7 @@ pub fn fetch(
             .map(|commit| FetchedCommit { commit })
             .ok_or_else(|| {
                 GitError::ReferenceNotFound(format!(
-                    "commit {commit} is not in the repository; check spec.git.ref.commit"
+                    "commit {commit} is not on any branch or tag of the repository; check spec.git.ref.commit"
                 ))
             });
     }
@@ -321,17 +315,22 @@ fn configure_libgit2() {
     });
 }
 
-/// What the callbacks decided, kept because libgit2 turns callback errors into its own.
-#[derive(Default)]
-struct CallbackVerdict {
-    error: Option<GitError>,
+/// What the callbacks decided, kept because libgit2 turns callback errors into its own
+/// (which say less).
+type CallbackVerdict = RefCell<Option<GitError>>;
+
+/// The callbacks' own error if they refused, else libgit2's, classified.
+fn failure(verdict: CallbackVerdict, error: git2::Error, credentials: &GitCredentials) -> GitError {
+    verdict
+        .into_inner()
+        .unwrap_or_else(|| classify(error, credentials))
 }
 
 /// Credentials and server verification for one remote operation.
 fn callbacks<'a>(
     url: &'a str,
     credentials: &'a GitCredentials,
-    verdict: &'a RefCell<CallbackVerdict>,
+    verdict: &'a CallbackVerdict,
 ) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut attempts = 0;
@@ -343,7 +342,7 @@ fn callbacks<'a>(
                 "the server refused the credentials in the Secret; check them and that they may read the repository".into(),
             );
             let message = error.to_string();
-            verdict.borrow_mut().error = Some(error);
+            *verdict.borrow_mut() = Some(error);
             return Err(git2::Error::from_str(&message));
         }
         let username = credentials
@@ -373,7 +372,7 @@ fn callbacks<'a>(
             "the server asks for credentials the Secret does not have (username and password for HTTPS, identity for SSH)".into(),
         );
         let message = error.to_string();
-        verdict.borrow_mut().error = Some(error);
+        *verdict.borrow_mut() = Some(error);
         Err(git2::Error::from_str(&message))
     });
     callbacks.certificate_check(move |cert, host| {
@@ -393,7 +392,7 @@ fn callbacks<'a>(
                 Some(HostKeyCheck::UnknownHost) | None => GitError::HostKeyUnknown { host: name },
             };
             let message = error.to_string();
-            verdict.borrow_mut().error = Some(error);
+            *verdict.borrow_mut() = Some(error);
             return Err(git2::Error::from_str(&message));
         }
         if let (Some(x509), Some(ca_pem)) = (cert.as_x509(), &credentials.ca_pem) {
@@ -420,14 +419,13 @@ fn ssh_port(url: &str) -> Option<u16> {
 /// over only the leaf, so intermediates must be in the bundle.
 fn verify_with_ca(leaf_der: &[u8], host: &str, ca_pem: &[u8]) -> Result<(), String> {
     use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     crate::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
-    for pem in crate::tls::split_pem_certificates(ca_pem) {
-        let der = pem_to_der(&pem).ok_or("ca.crt holds a certificate that is not valid PEM")?;
-        roots
-            .add(CertificateDer::from(der))
-            .map_err(|error| format!("ca.crt: {error}"))?;
+    for der in CertificateDer::pem_slice_iter(ca_pem) {
+        let der = der.map_err(|error| format!("ca.crt: {error}"))?;
+        roots.add(der).map_err(|error| format!("ca.crt: {error}"))?;
     }
     let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
         .build()
@@ -445,17 +443,6 @@ fn verify_with_ca(leaf_der: &[u8], host: &str, ca_pem: &[u8]) -> Result<(), Stri
         .map_err(|error| error.to_string())
 }
 
-fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let text = std::str::from_utf8(pem).ok()?;
-    let body: String = text
-        .lines()
-        .filter(|line| !line.starts_with("-----"))
-        .map(str::trim)
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
-
 /// `Authorization: Bearer` for servers that take a token that way (libgit2 has no bearer
 /// credential type).
 fn bearer_header(credentials: &GitCredentials) -> Option<String> {
@@ -465,6 +452,16 @@ fn bearer_header(credentials: &GitCredentials) -> Option<String> {
         .map(|token| format!("Authorization: Bearer {token}"))
 }
 
+/// A remote for `url` that is not saved in the cache's config: the URL may carry secrets.
+fn anonymous_remote<'r>(
+    repo: &'r Repository,
+    url: &str,
+    credentials: &GitCredentials,
+) -> Result<git2::Remote<'r>, GitError> {
+    repo.remote_anonymous(url)
+        .map_err(|error| classify(error, credentials))
+}
+
 fn run_fetch(
     repo: &Repository,
     url: &str,
@@ -472,7 +469,7 @@ fn run_fetch(
     refspecs: &[&str],
     shallow: bool,
 ) -> Result<(), GitError> {
-    let verdict = RefCell::new(CallbackVerdict::default());
+    let verdict = CallbackVerdict::default();
     let result = {
         let mut options = FetchOptions::new();
         options.remote_callbacks(callbacks(url, credentials, &verdict));
@@ -481,19 +478,10 @@ fn run_fetch(
             options.depth(1);
         }
         let header = bearer_header(credentials);
-        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
-        options.custom_headers(&headers);
-        let mut remote = repo
-            .remote_anonymous(url)
-            .map_err(|error| classify(error, credentials))?;
-        remote.fetch(refspecs, Some(&mut options), None)
+        options.custom_headers(&header.iter().map(String::as_str).collect::<Vec<_>>());
+        anonymous_remote(repo, url, credentials)?.fetch(refspecs, Some(&mut options), None)
     };
-    result.map_err(|error| {
-        verdict
-            .into_inner()
-            .error
-            .unwrap_or_else(|| classify(error, credentials))
-    })
+    result.map_err(|error| failure(verdict, error, credentials))
 }
 
 /// A libgit2 error as a [`GitError`], its message scrubbed of secrets.
@@ -503,9 +491,9 @@ fn classify(error: git2::Error, credentials: &GitCredentials) -> GitError {
         message = message.replace(secret, "***");
     }
     let lower = message.to_ascii_lowercase();
-    match (error.code(), error.class()) {
-        (ErrorCode::Auth, _) => GitError::AuthenticationFailed(message),
-        (ErrorCode::Certificate, _) => GitError::CertificateInvalid(message),
+    match error.code() {
+        ErrorCode::Auth => GitError::AuthenticationFailed(message),
+        ErrorCode::Certificate => GitError::CertificateInvalid(message),
         _ if lower.contains("401") || lower.contains("authentication required") => {
             GitError::AuthenticationFailed(message)
         }
@@ -525,16 +513,16 @@ fn classify(error: git2::Error, credentials: &GitCredentials) -> GitError {
         {
             GitError::RepositoryNotFound(message)
         }
-        (_, ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Ssh)
-            if lower.contains("connect")
-                || lower.contains("resolve")
-                || lower.contains("timed out")
-                || lower.contains("refused")
-                || lower.contains("unreachable") =>
+        _ if [
+            "failed to connect",
+            "failed to resolve",
+            "timed out",
+            "connection refused",
+            "unreachable",
+        ]
+        .iter()
+        .any(|sign| lower.contains(sign)) =>
         {
-            GitError::Unreachable(message)
-        }
-        _ if lower.contains("failed to connect") || lower.contains("failed to resolve") => {
             GitError::Unreachable(message)
         }
         _ => GitError::Other(message),
@@ -699,7 +687,7 @@ fn run_push(
     credentials: &GitCredentials,
     reference: &str,
 ) -> Result<(), GitError> {
-    let verdict = RefCell::new(CallbackVerdict::default());
+    let verdict = CallbackVerdict::default();
     let rejected = RefCell::new(None::<String>);
     let result = {
         let mut callbacks = callbacks(url, credentials, &verdict);
@@ -712,26 +700,17 @@ fn run_push(
         let mut options = PushOptions::new();
         options.remote_callbacks(callbacks);
         let header = bearer_header(credentials);
-        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
-        options.custom_headers(&headers);
-        let mut remote = repo
-            .remote_anonymous(url)
-            .map_err(|error| classify(error, credentials))?;
-        remote.push(&[format!("{reference}:{reference}")], Some(&mut options))
+        options.custom_headers(&header.iter().map(String::as_str).collect::<Vec<_>>());
+        anonymous_remote(repo, url, credentials)?
+            .push(&[format!("{reference}:{reference}")], Some(&mut options))
     };
-    result.map_err(|error| {
-        let classified = verdict
-            .into_inner()
-            .error
-            .unwrap_or_else(|| classify(error, credentials));
-        match classified {
-            GitError::Other(message)
-                if message.contains("non-fast-forward") || message.contains("rejected") =>
-            {
-                GitError::PushRejected(message)
-            }
-            other => other,
+    result.map_err(|error| match failure(verdict, error, credentials) {
+        GitError::Other(message)
+            if message.contains("non-fast-forward") || message.contains("rejected") =>
+        {
+            GitError::PushRejected(message)
         }
+        other => other,
     })?;
     match rejected.into_inner() {
         Some(status) => Err(GitError::PushRejected(status)),

@@ -104,8 +104,8 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Key = (String, String);
 
-/// The first 12 characters of a commit, for logs.
-fn short(commit: &str) -> &str {
+/// The short commit id people recognise (12 characters), for logs and messages.
+pub fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 

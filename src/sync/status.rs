@@ -79,10 +79,7 @@ pub fn counts(images: &[ImageState]) -> ImageCounts {
     counts
 }
 
-/// The short commit id people recognise.
-pub fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
-}
+pub use crate::report::short;
 
 /// The new status of a catalog. `previous` keeps the revisions of earlier syncs and the
 /// transition times of conditions that did not change.

@@ -19,6 +19,20 @@ pub mod schedule;
 pub mod scheduler;
 
 pub const VERIFIED: &str = "Verified";
+
+/// What to do about stored bytes that are wrong or gone.
+pub const REIMPORT: &str = "delete the ClusterVirtualImage and create it again to import it anew";
+
+/// The Event reporter of verifications, scheduled or on demand.
+pub fn recorder(client: &kube::Client) -> kube::runtime::events::Recorder {
+    kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "image-catalog-verify".into(),
+            instance: None,
+        },
+    )
+}
 pub const FIELD_MANAGER: &str = "image-catalog-verify";
 
 /// The outcome of one verification.
@@ -164,7 +178,8 @@ impl LayerHasher {
 /// The verdict on what was read.
 pub fn judge(expected: &Expected, measured: &Measured) -> Verdict {
     let file = format!("disk/{}", expected.file_name);
-    let reimport = "the stored bytes are not the ones imported; delete the ClusterVirtualImage and create it again to import it anew, and check DVCR's storage";
+    let reimport =
+        format!("the stored bytes are not the ones imported; {REIMPORT}, and check DVCR's storage");
     if measured.layer_bytes != expected.layer_size {
         return Verdict::ChecksumMismatch(format!(
             "the layer {} in DVCR has {} bytes, its manifest says {}; {reimport}",
@@ -222,7 +237,7 @@ pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage, check_upstream: bool
         Ok(image) => image,
         Err(error @ DvcrError::NotFound { .. }) => {
             return Verdict::ImageLost(format!(
-                "{error}: the stored image is gone from DVCR; delete the ClusterVirtualImage and create it again to import it anew"
+                "{error}: the stored image is gone from DVCR; {REIMPORT}"
             ));
         }
         Err(error) => {
@@ -246,7 +261,7 @@ pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage, check_upstream: bool
         Ok(stream) => stream,
         Err(error @ DvcrError::NotFound { .. }) => {
             return Verdict::ImageLost(format!(
-                "{error}: the layer of the stored image is gone from DVCR; delete the ClusterVirtualImage and create it again to import it anew"
+                "{error}: the layer of the stored image is gone from DVCR; {REIMPORT}"
             ));
         }
         Err(error) => {

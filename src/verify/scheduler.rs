@@ -3,13 +3,13 @@
 //! by a manifest HEAD only, that every Ready image is still in DVCR: a lost one goes to
 //! `ImageLost`, and back to `Ready` when its manifest returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -87,13 +87,7 @@ pub async fn run(
     tokio::spawn(watch);
     store.wait_until_ready().await?;
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "image-catalog-verify".into(),
-            instance: None,
-        },
-    );
+    let recorder = super::recorder(&client);
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut entries: HashMap<String, Entry> = HashMap::new();
@@ -128,7 +122,8 @@ pub async fn run(
                 send_verify_check(&client, publishers, &catalog, &images).await;
             }
         }
-        entries.retain(|uid, _| images.iter().any(|cvi| cvi.uid().as_deref() == Some(uid)));
+        let present: HashSet<String> = images.iter().filter_map(|cvi| cvi.uid()).collect();
+        entries.retain(|uid, _| present.contains(uid));
         for cvi in images {
             let Some(uid) = cvi.uid() else { continue };
             let phase = cvi.status.as_ref().and_then(|status| status.phase);
@@ -280,7 +275,8 @@ async fn check_presence(
             false,
             "ImageLost",
             format!(
-                "The stored image {url} is gone from DVCR; delete the ClusterVirtualImage and create it again to import it anew."
+                "The stored image {url} is gone from DVCR; {}.",
+                super::REIMPORT
             ),
         ),
         (Some(ImagePhase::ImageLost), true) => (
