@@ -238,7 +238,12 @@ pub struct FileServer {
 impl FileServer {
     /// Plain HTTP server for the files under `root`.
     pub fn start(root: impl Into<PathBuf>) -> Self {
-        Self::spawn(root.into(), None)
+        Self::spawn(root.into(), None, "127.0.0.1")
+    }
+
+    /// Plain HTTP server on `ip` (the test node's address, which pods reach).
+    pub fn start_on(root: impl Into<PathBuf>, ip: &str) -> Self {
+        Self::spawn(root.into(), None, ip)
     }
 
     /// HTTPS server for the files under `root`, with a certificate for `127.0.0.1` and
@@ -254,10 +259,14 @@ impl FileServer {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
             )
             .expect("server certificate is usable");
-        Self::spawn(root.into(), Some((Arc::new(config), ca.cert_pem)))
+        Self::spawn(
+            root.into(),
+            Some((Arc::new(config), ca.cert_pem)),
+            "127.0.0.1",
+        )
     }
 
-    fn spawn(root: PathBuf, tls: Option<(Arc<rustls::ServerConfig>, String)>) -> Self {
+    fn spawn(root: PathBuf, tls: Option<(Arc<rustls::ServerConfig>, String)>, ip: &str) -> Self {
         let shared = Arc::new(Shared {
             root,
             default_rule: Mutex::new(Arc::new(Rule {
@@ -269,7 +278,8 @@ impl FileServer {
             log: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener =
+            std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -325,7 +335,7 @@ impl FileServer {
         self.ca_pem.is_some()
     }
 
-    /// `http(s)://127.0.0.1:<port>`
+    /// `http(s)://<ip>:<port>`
     pub fn base_url(&self) -> String {
         let scheme = if self.is_https() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)

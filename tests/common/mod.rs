@@ -108,6 +108,27 @@ pub fn testenv() -> &'static TestEnv {
     })
 }
 
+/// The shared environment with its node (`scripts/testenv up --node`): for what runs in the
+/// cluster. Fails the test with the script's reason when the node cannot start; never skips.
+/// Not cached: a test may have taken the node down (`down --node`) since.
+pub fn node_testenv() -> TestEnv {
+    let root = repo_root();
+    let output = Command::new(root.join("scripts/testenv"))
+        .args(["up", "--node"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("scripts/testenv runs");
+    assert!(
+        output.status.success(),
+        "scripts/testenv up --node failed, so the tests that need a node cannot run:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    TestEnv {
+        vars: read_env_file(&root.join(".testenv/env")),
+    }
+}
+
 /// Parses the `export NAME=value` lines of an env file written by `scripts/testenv`.
 pub fn read_env_file(path: &Path) -> HashMap<String, String> {
     let text =
