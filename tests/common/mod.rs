@@ -7,6 +7,7 @@ pub mod file_server;
 pub mod forge;
 pub mod git_server;
 pub mod source_registry;
+pub mod stored;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
