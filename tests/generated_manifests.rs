@@ -6,21 +6,26 @@ use std::path::Path;
 
 use image_catalog::api::crds;
 
+/// Where the generated CRDs live: in the chart, which templates them.
+const CRD_DIR: &str = "deploy/chart/files/crds";
+const REGENERATE: &str = "run: cargo run -- crds --write deploy/chart/files/crds";
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 #[test]
 fn checked_in_crds_equal_the_generated_ones() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+    let dir = repo_root().join(CRD_DIR);
     let mut expected_files = BTreeSet::new();
     for crd in crds::all() {
         let name = crds::file_name(&crd);
         let generated = crds::to_yaml(&crd).unwrap();
-        let checked_in = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
-            panic!(
-                "deploy/crds/{name} is missing ({e}); run: cargo run -- crds --write deploy/crds"
-            )
-        });
+        let checked_in = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("{CRD_DIR}/{name} is missing ({e}); {REGENERATE}"));
         assert!(
             checked_in == generated,
-            "deploy/crds/{name} differs from the code; run: cargo run -- crds --write deploy/crds"
+            "{CRD_DIR}/{name} differs from the code; {REGENERATE}"
         );
         expected_files.insert(name);
     }
@@ -30,7 +35,7 @@ fn checked_in_crds_equal_the_generated_ones() {
         .collect();
     assert_eq!(
         present, expected_files,
-        "deploy/crds holds files the code no longer generates"
+        "{CRD_DIR} holds files the code no longer generates"
     );
 }
 
@@ -49,7 +54,7 @@ fn crds_subcommand_prints_every_crd() {
 
 #[test]
 fn checked_in_catalog_schema_equals_the_generated_one() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog-schema/catalog.schema.json");
+    let path = repo_root().join("catalog-schema/catalog.schema.json");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == image_catalog::catalog::document::json_schema_text(),
@@ -60,7 +65,7 @@ fn checked_in_catalog_schema_equals_the_generated_one() {
 #[test]
 fn validate_accepts_the_example_catalog_and_points_at_each_problem() {
     let binary = env!("CARGO_BIN_EXE_image-catalog");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let good = std::process::Command::new(binary)
         .args(["validate", "examples/catalog/images"])
         .current_dir(root)
