@@ -2,25 +2,32 @@
 //! copies drift from the code.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image_catalog::api::crds;
+use serde::Deserialize;
+
+/// Where the generated CRDs live: in the chart, which renders them into deploy/crds.
+const CRD_DIR: &str = "deploy/chart/files/crds";
+const REGENERATE: &str =
+    "run: cargo run -- crds --write deploy/chart/files/crds && scripts/render-deploy";
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
 
 #[test]
 fn checked_in_crds_equal_the_generated_ones() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+    let dir = repo_root().join(CRD_DIR);
     let mut expected_files = BTreeSet::new();
     for crd in crds::all() {
         let name = crds::file_name(&crd);
         let generated = crds::to_yaml(&crd).unwrap();
-        let checked_in = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
-            panic!(
-                "deploy/crds/{name} is missing ({e}); run: cargo run -- crds --write deploy/crds"
-            )
-        });
+        let checked_in = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("{CRD_DIR}/{name} is missing ({e}); {REGENERATE}"));
         assert!(
             checked_in == generated,
-            "deploy/crds/{name} differs from the code; run: cargo run -- crds --write deploy/crds"
+            "{CRD_DIR}/{name} differs from the code; {REGENERATE}"
         );
         expected_files.insert(name);
     }
@@ -30,8 +37,107 @@ fn checked_in_crds_equal_the_generated_ones() {
         .collect();
     assert_eq!(
         present, expected_files,
-        "deploy/crds holds files the code no longer generates"
+        "{CRD_DIR} holds files the code no longer generates"
     );
+}
+
+/// Every file under `dir`, as paths relative to it, skipping the folder `skip`.
+fn files_under(dir: &Path, skip: Option<&Path>) -> BTreeSet<PathBuf> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if Some(path.as_path()) == skip {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.insert(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    found
+}
+
+/// The raw manifests of deploy/ are `helm template` of the chart (scripts/render-deploy):
+/// `kubectl apply` users get the objects Helm users get.
+#[test]
+fn rendered_deploy_manifests_equal_the_chart() {
+    let deploy = repo_root().join("deploy");
+    let rendered = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(repo_root().join("scripts/render-deploy"))
+        .arg(rendered.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/render-deploy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = files_under(rendered.path(), None);
+    let present = files_under(&deploy, Some(&deploy.join("chart")));
+    assert_eq!(
+        present, expected,
+        "deploy/ holds other files than the chart renders; run: scripts/render-deploy"
+    );
+    for file in &expected {
+        let want = std::fs::read_to_string(rendered.path().join(file)).unwrap();
+        let have = std::fs::read_to_string(deploy.join(file)).unwrap();
+        assert!(
+            have == want,
+            "deploy/{} differs from the chart's rendering; run: scripts/render-deploy",
+            file.display()
+        );
+    }
+}
+
+/// The same JSON with every number as a float: Helm prints `minimum: 0.0` as `0`, which is
+/// the same number to the API server.
+fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Number(n), Value::Number),
+        Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (key, numbers_as_floats(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Helm re-serialises the CRDs it templates: what reaches the cluster must still be the
+/// generated CRD, only with the chart's labels added.
+#[test]
+fn rendered_crds_are_the_generated_ones_with_labels() {
+    for crd in crds::all() {
+        let name = crds::file_name(&crd);
+        let text = std::fs::read_to_string(repo_root().join("deploy/crds").join(&name))
+            .unwrap_or_else(|e| panic!("deploy/crds/{name} is missing ({e}); {REGENERATE}"));
+        let mut documents = serde_yaml::Deserializer::from_str(&text)
+            .map(|document| serde_json::Value::deserialize(document).unwrap())
+            .filter(|document| !document.is_null());
+        let mut rendered = documents.next().unwrap();
+        assert!(
+            documents.next().is_none(),
+            "deploy/crds/{name}: one CRD per file"
+        );
+        let metadata = rendered["metadata"].as_object_mut().unwrap();
+        let labels = metadata.remove("labels").unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "image-catalog");
+        metadata.remove("annotations");
+        assert_eq!(
+            numbers_as_floats(rendered),
+            numbers_as_floats(serde_json::to_value(&crd).unwrap()),
+            "deploy/crds/{name} is not the generated CRD"
+        );
+    }
 }
 
 #[test]
@@ -49,7 +155,7 @@ fn crds_subcommand_prints_every_crd() {
 
 #[test]
 fn checked_in_catalog_schema_equals_the_generated_one() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog-schema/catalog.schema.json");
+    let path = repo_root().join("catalog-schema/catalog.schema.json");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == image_catalog::catalog::document::json_schema_text(),
@@ -60,7 +166,7 @@ fn checked_in_catalog_schema_equals_the_generated_one() {
 #[test]
 fn validate_accepts_the_example_catalog_and_points_at_each_problem() {
     let binary = env!("CARGO_BIN_EXE_image-catalog");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let good = std::process::Command::new(binary)
         .args(["validate", "examples/catalog/images"])
         .current_dir(root)

@@ -1,5 +1,6 @@
 //! The CustomResourceDefinitions this project ships, generated from the types above. The YAML
-//! under `deploy/crds/` is this output, checked in; a test fails when the two drift apart.
+//! under `deploy/chart/files/crds/` is this output, checked in (the chart templates it, and
+//! `deploy/crds/` is rendered from the chart); tests fail when any of them drift apart.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -15,7 +16,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// The file name a CRD is kept under in `deploy/crds/`.
+/// The file name a CRD is kept under in `deploy/chart/files/crds/` (and `deploy/crds/`).
 pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }
