@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,12 +12,15 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
+use crate::api::cvi::ClusterVirtualImage;
 use crate::dvcr::{Dvcr, DvcrConfig};
 use crate::import::controller::{self, ControllerSettings};
 use crate::import::inspect::InspectLimits;
 use crate::import::pipeline::PipelineSettings;
 use crate::import::source::http::HttpSourceOptions;
 use crate::import::source::upload::UploadGate;
+use crate::k8s::leader_pod::{LEADER_LABEL, Marked};
+use crate::k8s::lease::{self, Election, LeaseConfig, Timings};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
 
@@ -46,9 +49,44 @@ pub struct ControllerArgs {
     /// Path of a kubeconfig; without it, the in-cluster configuration (or ~/.kube/config).
     #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// The namespace the daemon runs in (for its Secrets).
+    /// The namespace the daemon runs in (for its Secrets and its leader-election Lease).
     #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
     pub namespace: String,
+    /// The Pod the daemon runs in: its leader-election identity, and the pod labelled
+    /// `imagecatalog.dev/leader=true` while it leads. Outside a pod: host name and process id,
+    /// and no label.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Elect one leader among the replicas through a Lease in --namespace: only the leader
+    /// runs the controllers and verification and writes; the others wait as standbys, Ready
+    /// for their own health. Off: this process leads at once, and no Lease is used.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// The name of the leader-election Lease: replicas sharing it elect one leader.
+    #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "image-catalog")]
+    pub leader_election_lease: String,
+    /// How long a standby waits after the last renewal it saw before it takes the lease over.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_DURATION_SECONDS",
+        default_value_t = 15
+    )]
+    pub leader_election_lease_duration_seconds: u64,
+    /// How long the leader may fail to renew before it stops (it exits, and comes back as a
+    /// standby); shorter than the lease duration.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10
+    )]
+    pub leader_election_renew_deadline_seconds: u64,
+    /// How often the leader renews and a standby looks at the lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_RETRY_PERIOD_SECONDS",
+        default_value_t = 2
+    )]
+    pub leader_election_retry_period_seconds: u64,
     #[command(flatten)]
     pub dvcr: DvcrArgs,
     /// How many images may import at once; the others wait in Pending.
@@ -122,12 +160,26 @@ pub struct ControllerArgs {
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
+    // From here on SIGTERM and SIGINT stop the daemon through `stop` below.
+    let mut signals = Signals::new()?;
+    let timings = Timings {
+        lease_duration: Duration::from_secs(args.leader_election_lease_duration_seconds),
+        renew_deadline: Duration::from_secs(args.leader_election_renew_deadline_seconds),
+        retry_period: Duration::from_secs(args.leader_election_retry_period_seconds),
+    };
+    if args.leader_election {
+        timings
+            .check()
+            .map_err(|problem| anyhow::anyhow!("--leader-election-*: {problem}"))?;
+    }
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
 
     // Every part runs until the process ends; the first one to stop ends the daemon.
     let mut parts: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+    // Every replica serves metrics and health at once, and is Ready by its own health: a
+    // replica that is Ready only while it leads would stall rolling updates.
     let router = server::router(ServerState {
         metrics: metrics.clone(),
         ready: ready.clone(),
@@ -138,11 +190,221 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("serving metrics on {metrics_addr}"))
     });
+    // Read at start, so that a standby with a wrong configuration fails now, not at takeover.
+    let mut dvcr = if args.import_controller {
+        let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
+            .context("configuring DVCR access")?;
+        spawn_readiness_probe(client.clone(), ready.clone());
+        Some(dvcr)
+    } else {
+        tracing::info!("the import controller is switched off");
+        ready.store(true, Ordering::Relaxed);
+        None
+    };
 
+    let lease = args.leader_election_lease.clone();
+    let election = if args.leader_election {
+        let identity = lease::identity(args.pod_name.as_deref());
+        tracing::info!(%lease, %identity, namespace = %args.namespace, "campaigning for leadership");
+        Election::start(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.namespace.clone(),
+                name: lease.clone(),
+                identity,
+                timings,
+            },
+        )
+    } else {
+        tracing::info!("leader election is switched off: leading at once");
+        Election::always_leader()
+    };
+    let mut leader = election.leader();
+    let mut leading = false;
+    let mut labelling: Option<tokio::task::JoinHandle<()>> = None;
+    let stop = loop {
+        let is_leader = *leader.borrow_and_update();
+        if is_leader && !leading {
+            leading = true;
+            metrics.leader.set(1);
+            metrics.leader_transitions.inc();
+            labelling = Some(spawn_pod_labelling(
+                client.clone(),
+                args.namespace.clone(),
+                args.pod_name.clone(),
+            ));
+            start_leader_parts(&args, &client, &metrics, dvcr.take(), &mut parts);
+        } else if !is_leader && leading {
+            metrics.leader.set(0);
+            break Stop::Lost;
+        }
+        tokio::select! {
+            biased;
+            signal = signals.recv() => break Stop::Signal(signal),
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    break Stop::Failed(anyhow::anyhow!("the leader election for lease {lease} stopped"));
+                }
+            }
+            Some(ended) = parts.join_next() => break Stop::PartEnded(ended),
+        }
+    };
+
+    // Stop writing first: the controllers and their writers go before the lease does.
+    // (Import tasks they spawned end with the process, moments later.)
+    parts.abort_all();
+    if let Some(labelling) = labelling {
+        labelling.abort();
+    }
+    if let Stop::Lost = stop {
+        tracing::error!(%lease, "lost leadership; exiting");
+        return Err(anyhow::anyhow!(
+            "lost leadership of lease {lease}; a restart campaigns again as a standby"
+        ));
+    }
+    if leading {
+        release(&client, &args, election, &lease).await;
+    }
+    metrics.leader.set(0);
+    match stop {
+        Stop::Signal(signal) => {
+            tracing::info!("{signal} received: stopped");
+            Ok(())
+        }
+        Stop::PartEnded(Ok(Ok(()))) | Stop::Lost => Ok(()),
+        Stop::PartEnded(Ok(Err(error))) | Stop::Failed(error) => Err(error),
+        Stop::PartEnded(Err(error)) => Err(error).context("a part of the daemon stopped"),
+    }
+}
+
+/// Why the daemon stops.
+enum Stop {
+    Signal(&'static str),
+    Lost,
+    PartEnded(Result<anyhow::Result<()>, tokio::task::JoinError>),
+    Failed(anyhow::Error),
+}
+
+/// SIGTERM (the kubelet, a rolling update) and SIGINT (Ctrl-C).
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Gives the lease up so that a standby takes over at its next look (about a second), and
+/// takes the leader label off this pod.
+async fn release(client: &Client, args: &ControllerArgs, election: Election, lease: &str) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, election.release()).await {
+        Ok(Ok(true)) => tracing::info!("released lease {lease}"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "releasing the lease"),
+        Err(_) => tracing::warn!(
+            "releasing lease {lease} timed out: a standby takes over when it expires"
+        ),
+    }
+    if let Some(pod) = &args.pod_name {
+        let unmark = crate::k8s::leader_pod::unmark(client, &args.namespace, pod);
+        match tokio::time::timeout(RELEASE_TIMEOUT, unmark).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = format!("{error:#}"), "removing the leader label")
+            }
+            Err(_) => tracing::warn!("removing the leader label timed out"),
+        }
+    }
+}
+
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Labels this pod as the leader's (and takes the label from any other), retrying until it is
+/// done: the upload and webhook Services route by that label.
+fn spawn_pod_labelling(
+    client: Client,
+    namespace: String,
+    pod: Option<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(pod) = pod else {
+            tracing::debug!("POD_NAME is not set: not in a pod, so no pod is labelled leader");
+            return;
+        };
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match crate::k8s::leader_pod::mark(&client, &namespace, &pod).await {
+                Ok(Marked::Pod { unmarked }) => {
+                    tracing::info!(
+                        ?unmarked,
+                        "labelled pod {namespace}/{pod} {LEADER_LABEL}=true"
+                    );
+                    return;
+                }
+                Ok(Marked::NoSuchPod) => {
+                    tracing::debug!(
+                        "no pod {namespace}/{pod}: not in a pod, so no pod is labelled leader"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "labelling the leader's pod")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    })
+}
+
+/// Ready once the images can be listed: the API answers, the CRD is served and the daemon's
+/// permissions suffice. A standby is Ready by the same test as the leader.
+fn spawn_readiness_probe(client: Client, ready: Arc<AtomicBool>) {
+    let api: Api<ClusterVirtualImage> = Api::all(client);
+    let params = kube::api::ListParams::default().limit(1);
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match api.list_metadata(&params).await {
+                Ok(_) => {
+                    ready.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "cannot list ClusterVirtualImages yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    });
+}
+
+/// What only the leader runs: the controllers, verification, and the upload and webhook
+/// endpoints (whose Services select the leader's pod).
+fn start_leader_parts(
+    args: &ControllerArgs,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+    dvcr: Option<Dvcr>,
+    parts: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) {
     if args.catalog_controller {
         let settings = crate::sync::controller::SyncSettings {
             namespace: args.namespace.clone(),
-            cache_dir: git_cache_dir(&args),
+            cache_dir: git_cache_dir(args),
             api_concurrency: args.sync_api_concurrency.max(1),
         };
         let sync = crate::sync::controller::new(client.clone(), settings, metrics.clone());
@@ -165,9 +427,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tracing::info!("catalog controller started");
     }
 
-    if args.import_controller {
-        let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
-            .context("configuring DVCR access")?;
+    if let Some(dvcr) = dvcr {
         let settings = ControllerSettings {
             max_concurrent_imports: args.max_concurrent_imports,
             selector: args.selector.clone(),
@@ -215,7 +475,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     client.clone(),
                     crate::sync::controller::SyncSettings {
                         namespace: args.namespace.clone(),
-                        cache_dir: git_cache_dir(&args).join(".verify"),
+                        cache_dir: git_cache_dir(args).join(".verify"),
                         api_concurrency: 1,
                     },
                 )
@@ -227,22 +487,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     .await
             });
         }
-        let ctx = controller::Context::new(client, dvcr, settings, metrics, uploads);
+        let ctx =
+            controller::Context::new(client.clone(), dvcr, settings, metrics.clone(), uploads);
         tracing::info!("import controller started");
-        let import_ready = ready.clone();
         parts.spawn(async move {
-            controller::run(ctx, import_ready).await;
+            controller::run(ctx).await;
             Ok(())
         });
-    } else {
-        tracing::info!("the import controller is switched off");
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    match parts.join_next().await {
-        Some(Ok(Ok(()))) | None => Ok(()),
-        Some(Ok(Err(error))) => Err(error),
-        Some(Err(error)) => Err(error).context("a part of the daemon stopped"),
     }
 }
 

@@ -2,7 +2,7 @@
 //! images into DVCR.
 //!
 //! The modules follow the data: `api` (resource types) → `catalog` → `sync` → `import` →
-//! `dvcr` → `report`.
+//! `dvcr` → `report`; `k8s` holds the Kubernetes plumbing they share (leader election).
 
 pub mod api;
 pub mod catalog;
@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dvcr;
 pub mod git;
 pub mod import;
+pub mod k8s;
 pub mod metrics;
 pub mod plan_cli;
 pub mod report;

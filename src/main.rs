@@ -130,9 +130,14 @@ fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 fn run_other(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Controller(args) => tokio::runtime::Runtime::new()
-            .context("starting the async runtime")?
-            .block_on(image_catalog::daemon::run(*args)),
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let result = runtime.block_on(image_catalog::daemon::run(*args));
+            // Exit now: blocking work still running (hashing, Git) must not keep a replica
+            // that lost or released its lease alive, let alone writing.
+            runtime.shutdown_background();
+            result
+        }
         Command::Upload(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(image_catalog::upload_cli::run(args)),

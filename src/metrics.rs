@@ -51,6 +51,8 @@ pub struct Metrics {
     pub copies_mounted: Counter,
     pub copies_streamed: Counter,
     pub reconcile_errors: Family<KindLabel, Counter>,
+    pub leader: Gauge,
+    pub leader_transitions: Counter,
 }
 
 impl Default for Metrics {
@@ -162,8 +164,22 @@ impl Metrics {
             "When each image last verified (Unix time); time() minus this is the age of the proof",
             verification_last_success.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader-election Lease and runs the controllers, else 0",
+            leader.clone(),
+        );
+        let leader_transitions = Counter::default();
+        registry.register(
+            "leader_transitions",
+            "Times this replica became the leader",
+            leader_transitions.clone(),
+        );
         Self {
             registry,
+            leader,
+            leader_transitions,
             verifications,
             verifications_in_flight,
             verification_last_success,
@@ -228,5 +244,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("image_catalog_imports_in_flight 0"), "{text}");
+    }
+
+    #[test]
+    fn leadership_is_a_gauge_and_its_acquisitions_a_counter() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        assert!(text.contains("image_catalog_leader 0"), "{text}");
+        assert!(
+            text.contains("image_catalog_leader_transitions_total 0"),
+            "{text}"
+        );
+        metrics.leader.set(1);
+        metrics.leader_transitions.inc();
+        let text = metrics.encode();
+        assert!(text.contains("image_catalog_leader 1"), "{text}");
+        assert!(
+            text.contains("image_catalog_leader_transitions_total 1"),
+            "{text}"
+        );
     }
 }

@@ -198,32 +198,15 @@ impl Context {
     }
 }
 
-/// Runs the controller until the process ends. `ready` is set once the images can be listed:
-/// the API answers, the CRD is served and the daemon's permissions suffice.
-pub async fn run(ctx: Arc<Context>, ready: Arc<std::sync::atomic::AtomicBool>) {
+/// Runs the controller until the process ends (or its task is aborted: the daemon owns the
+/// signals and leadership, and stops the controller before it gives the lease up).
+pub async fn run(ctx: Arc<Context>) {
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
     let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = &ctx.settings.selector {
         config = config.labels(selector);
     }
-    let probe_api = api.clone();
-    let probe_params = kube::api::ListParams::default().limit(1);
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match probe_api.list_metadata(&probe_params).await {
-                Ok(_) => {
-                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
-                Err(error) => tracing::warn!(%error, "cannot list ClusterVirtualImages yet"),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
-    });
     Controller::new(api, config)
-        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {

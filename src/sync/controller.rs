@@ -138,7 +138,7 @@ impl SyncController {
         self.trigger.clone()
     }
 
-    /// Runs until the process ends.
+    /// Runs until the process ends (or its task is aborted: the daemon owns the signals).
     pub async fn run(self) {
         let client = self.context.client.clone();
         let images_api: Api<ClusterVirtualImage> = Api::all(client.clone());
@@ -155,7 +155,6 @@ impl SyncController {
             .with_config(config)
             .watches_stream(image_events, catalog_of_image)
             .reconcile_on(tokio_stream_from(self.receiver))
-            .shutdown_on_signal()
             .run(reconcile, error_policy, self.context)
             .for_each(|result| async move {
                 if let Err(error) = result {
