@@ -262,9 +262,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             "lost leadership of lease {lease}; a restart campaigns again as a standby"
         ));
     }
-    if leading {
-        release(&client, &args, election, &lease).await;
-    }
+    release(&client, &args, election, &lease, leading).await;
     metrics.leader.set(0);
     match stop {
         Stop::Signal(signal) => {
@@ -309,8 +307,14 @@ impl Signals {
 }
 
 /// Gives the lease up so that a standby takes over at its next look (about a second), and
-/// takes the leader label off this pod.
-async fn release(client: &Client, args: &ControllerArgs, election: Election, lease: &str) {
+/// takes the leader label off this pod if it led.
+async fn release(
+    client: &Client,
+    args: &ControllerArgs,
+    election: Election,
+    lease: &str,
+    leading: bool,
+) {
     match tokio::time::timeout(RELEASE_TIMEOUT, election.release()).await {
         Ok(Ok(true)) => tracing::info!("released lease {lease}"),
         Ok(Ok(false)) => {}
@@ -319,7 +323,7 @@ async fn release(client: &Client, args: &ControllerArgs, election: Election, lea
             "releasing lease {lease} timed out: a standby takes over when it expires"
         ),
     }
-    if let Some(pod) = &args.pod_name {
+    if let Some(pod) = args.pod_name.as_ref().filter(|_| leading) {
         let unmark = crate::k8s::leader_pod::unmark(client, &args.namespace, pod);
         match tokio::time::timeout(RELEASE_TIMEOUT, unmark).await {
             Ok(Ok(())) => {}

@@ -83,8 +83,10 @@ fn start_daemon(
          --upload-addr 127.0.0.1:{upload} --webhook-addr 127.0.0.1:{webhook_port} \
          --git-cache-dir '{cache}' --max-import-attempts 1 \
          --presence-interval-seconds 1 --verify-schedule '0 0 1 1 *' --verify-jitter-seconds 0 \
+         --leader-election-lease {lease} \
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
+        lease = common::unique_lease(SUITE),
         upload = free_port(),
         cache = dir.join("git-cache").display(),
         log = log.display(),

@@ -77,8 +77,10 @@ fn start_controller(env: &TestEnv, dir: &Path, port: u16, upload_port: u16) -> C
          --max-concurrent-imports 6 --max-import-attempts 2 --catalog-controller=false \
          --upload-addr 127.0.0.1:{upload_port} --upload-external-url http://127.0.0.1:{upload_port} \
          --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc --upload-timeout-seconds {UPLOAD_TIMEOUT} \
+         --leader-election-lease {lease} \
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
+        lease = common::unique_lease(SUITE),
         log = log.display(),
     );
     eprintln!("controller log: {}", log.display());

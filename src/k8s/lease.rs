@@ -490,11 +490,9 @@ impl Elector {
         Ok(Next::After(timings.retry_period))
     }
 
-    /// Gives the lease up if this process still holds it. Whether it did.
+    /// Gives the lease up if this process holds it. Whether it did. Asks the API server even
+    /// as a standby: a release can cut short an acquisition whose write already landed.
     async fn release(&mut self) -> anyhow::Result<bool> {
-        if self.role == Role::Standby {
-            return Ok(false);
-        }
         self.role = Role::Standby;
         self.leader.send_replace(false);
         let LeaseConfig {

@@ -155,6 +155,20 @@ pub fn read_env_file(path: &Path) -> HashMap<String, String> {
         .collect()
 }
 
+/// A leader-election Lease of its own for each daemon a test starts (`--leader-election-lease`):
+/// the test binaries share one environment and start their daemons at once, each for its own
+/// `--selector`; on one shared Lease all but one of them would stand by and import nothing.
+/// Each daemon still campaigns and leads, so every test runs the leader's path.
+pub fn unique_lease(suite: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test-{suite}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Polls `probe` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
