@@ -190,10 +190,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("serving metrics on {metrics_addr}"))
     });
-    // Read at start, so that a standby with a wrong configuration fails now, not at takeover.
+    // Read at start, so that a standby with a wrong configuration says so now, not at
+    // takeover; it waits, not Ready, until the configuration works.
     let mut dvcr = if args.import_controller {
-        let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
-            .context("configuring DVCR access")?;
+        let Some(dvcr) = configure_dvcr(&args, &client, &mut signals).await else {
+            return Ok(());
+        };
         spawn_readiness_probe(client.clone(), ready.clone());
         Some(dvcr)
     } else {
@@ -284,6 +286,95 @@ enum Stop {
 }
 
 /// SIGTERM (the kubelet, a rolling update) and SIGINT (Ctrl-C).
+/// How often a DVCR configuration that did not work is read again.
+const DVCR_CONFIG_RETRY: Duration = Duration::from_secs(15);
+
+/// DVCR access from the flags and the credentials Secret. A misconfiguration (no registry, a
+/// Secret without credentials for it, an unreadable CA) does not crash-loop the pod: the daemon
+/// stays up and not Ready, says what is wrong in its log and in a Warning Event on its pod, and
+/// reads the configuration again every 15 s, so fixing the Secret is enough. None: stopped by
+/// a signal while waiting.
+async fn configure_dvcr(
+    args: &ControllerArgs,
+    client: &Client,
+    signals: &mut Signals,
+) -> Option<Dvcr> {
+    let mut last_problem = String::new();
+    loop {
+        let attempt = match dvcr_config(&args.dvcr, &args.namespace, client).await {
+            Ok(config) => Dvcr::new(config).context("configuring DVCR access"),
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(dvcr) => {
+                if !last_problem.is_empty() {
+                    tracing::info!("the DVCR configuration works now");
+                }
+                return Some(dvcr);
+            }
+            Err(error) => {
+                let problem = format!("{error:#}");
+                if problem != last_problem {
+                    tracing::error!(
+                        problem = %problem,
+                        "cannot use DVCR; not importing until the configuration is fixed (read again every {}s)",
+                        DVCR_CONFIG_RETRY.as_secs()
+                    );
+                    announce_on_own_pod(client, args, "DVCRMisconfigured", &format!(
+                        "Cannot use DVCR: {problem}. Fix the DVCR settings (the chart's dvcr.* values, or the dvcr-auth Secret); the daemon reads them again every {}s and stays not Ready until then.",
+                        DVCR_CONFIG_RETRY.as_secs()
+                    ))
+                    .await;
+                    last_problem = problem;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DVCR_CONFIG_RETRY) => {}
+            signal = signals.recv() => {
+                tracing::info!("{signal}: stopping");
+                return None;
+            }
+        }
+    }
+}
+
+/// A Warning Event on the daemon's own pod, where `kubectl describe pod` shows it. Outside a
+/// pod (no POD_NAME) there is only the log.
+async fn announce_on_own_pod(client: &Client, args: &ControllerArgs, reason: &str, note: &str) {
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let Some(pod_name) = args.pod_name.as_deref() else {
+        return;
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), &args.namespace);
+    let pod = match pods.get(pod_name).await {
+        Ok(pod) => pod,
+        Err(error) => {
+            tracing::debug!(%error, "reading the daemon's own pod for an Event failed");
+            return;
+        }
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "image-catalog".into(),
+            instance: Some(pod_name.to_string()),
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Configure".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &pod.object_ref(&())).await {
+        tracing::debug!(%error, "publishing an Event on the daemon's pod failed");
+    }
+}
+
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,

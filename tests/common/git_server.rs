@@ -97,7 +97,11 @@ impl Default for TestRepo {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -105,8 +109,12 @@ fn free_port() -> u16 {
 }
 
 fn wait_for_port(port: u16, what: &str) {
+    wait_for_port_on("127.0.0.1", port, what)
+}
+
+fn wait_for_port_on(ip: &str, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let address = SocketAddr::new(ip.parse().expect("an IP address"), port);
     while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not start listening");
         std::thread::sleep(Duration::from_millis(50));
@@ -115,20 +123,26 @@ fn wait_for_port(port: u16, what: &str) {
 
 /// `git daemon` serving every repository under a folder over git://, pushes allowed.
 pub struct GitDaemon {
+    ip: String,
     port: u16,
     child: Child,
 }
 
 impl GitDaemon {
     pub fn start(root: &Path) -> Self {
-        let port = free_port();
+        Self::start_on(root, "127.0.0.1")
+    }
+
+    /// Listening on `ip` (the test node's address, which pods reach).
+    pub fn start_on(root: &Path, ip: &str) -> Self {
+        let port = free_port_on(ip);
         let child = Command::new("git")
             .args([
                 "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--enable=receive-pack",
-                "--listen=127.0.0.1",
+                &format!("--listen={ip}"),
                 &format!("--port={port}"),
                 &format!("--base-path={}", root.display()),
                 root.to_str().unwrap(),
@@ -137,12 +151,16 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("git daemon");
-        wait_for_port(port, "git daemon");
-        Self { port, child }
+        wait_for_port_on(ip, port, "git daemon");
+        Self {
+            ip: ip.to_string(),
+            port,
+            child,
+        }
     }
 
     pub fn url(&self, repository: &str) -> String {
-        format!("git://127.0.0.1:{}/{repository}", self.port)
+        format!("git://{}:{}/{repository}", self.ip, self.port)
     }
 }
 
