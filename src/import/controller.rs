@@ -30,7 +30,9 @@ use crate::import::pipeline::{
 use crate::import::progress::speed;
 use crate::import::source::container_image::{ContainerDisk, RegistryCredentials, registry_host};
 use crate::import::source::http::{HttpSourceOptions, redact_url};
-use crate::import::source::upload::{UPLOAD_PATH, UploadGate, UploadOutcome};
+use crate::import::source::upload::{
+    UploadGate, UploadOutcome, UploadTicket, UploadToken, upload_url,
+};
 use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Secret;
@@ -516,18 +518,12 @@ async fn receive_upload(
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
 ) -> Result<StoredImage, ImportError> {
-    let mut ticket = ctx.uploads.open();
-    let url = |base: &str| {
-        format!(
-            "{}{UPLOAD_PATH}/{}",
-            base.trim_end_matches('/'),
-            ticket.token
-        )
-    };
+    let (token, mut ticket) = open_upload(ctx)?;
     let urls = ImageUploadUrls {
-        external: Some(url(&ctx.settings.upload_external_base)),
-        in_cluster: Some(url(&ctx.settings.upload_in_cluster_base)),
+        external: Some(upload_url(&ctx.settings.upload_external_base, &token)),
+        in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, &token)),
     };
+    drop(token);
     let mut message = "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string();
     loop {
         writer
@@ -589,6 +585,16 @@ async fn receive_upload(
             }
         }
     }
+}
+
+/// A new token for an Upload image, registered with the gate.
+fn open_upload(ctx: &Context) -> Result<(UploadToken, UploadTicket), ImportError> {
+    let token = UploadToken::generate().map_err(ImportError::UploadTokenUnavailable)?;
+    let ticket = ctx
+        .uploads
+        .register(token.digest())
+        .map_err(|error| ImportError::Stage(format!("registering a new upload token: {error}")))?;
+    Ok((token, ticket))
 }
 
 /// How often a missing or unready source image is looked at again.

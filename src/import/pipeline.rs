@@ -110,6 +110,10 @@ pub enum ImportError {
         .0.as_secs()
     )]
     UploadTimedOut(std::time::Duration),
+    #[error(
+        "no upload URL can be made: {0}, and a token from it would be guessable; fix the node's random source (the kernel's getrandom), then delete the image and create it again"
+    )]
+    UploadTokenUnavailable(#[source] crate::import::source::upload::RandomUnavailable),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
 }
@@ -125,6 +129,7 @@ impl ImportError {
             Self::Spool { .. } => "SpoolFailed",
             Self::Cancelled => "Cancelled",
             Self::UploadTimedOut(_) => "UploadTimedOut",
+            Self::UploadTokenUnavailable(_) => "UploadTokenUnavailable",
             Self::Stage(_) => "InternalError",
         }
     }
