@@ -114,6 +114,10 @@ pub enum ImportError {
         "no upload URL can be made: {0}, and a token from it would be guessable; fix the node's random source (the kernel's getrandom), then delete the image and create it again"
     )]
     UploadTokenUnavailable(#[source] crate::import::source::upload::RandomUnavailable),
+    #[error(
+        "saving the upload token's sha256 on the image failed ({0}), so no upload URL was published; check that the daemon may patch ClusterVirtualImages, then delete the image and create it again"
+    )]
+    UploadTokenNotSaved(String),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
 }
@@ -130,6 +134,7 @@ impl ImportError {
             Self::Cancelled => "Cancelled",
             Self::UploadTimedOut(_) => "UploadTimedOut",
             Self::UploadTokenUnavailable(_) => "UploadTokenUnavailable",
+            Self::UploadTokenNotSaved(_) => "UploadTokenNotSaved",
             Self::Stage(_) => "InternalError",
         }
     }

@@ -73,7 +73,8 @@ pub enum ImportState {
 }
 
 /// The status for `state`, carrying over what must persist from `previous` (condition
-/// transition times, progress that must not move backwards, facts already discovered).
+/// transition times, progress that must not move backwards, facts already discovered, the
+/// upload URLs until the image is stored or failed).
 pub fn next_status(
     previous: &ImageStatus,
     generation: i64,
@@ -106,6 +107,7 @@ pub fn next_status(
             condition(DATASOURCE_READY, datasource_ready, reason, message);
             condition(READY, Some(false), reason, message);
             status.phase = Some(ImagePhase::Pending);
+            status.image_upload_urls = previous.image_upload_urls.clone();
         }
         ImportState::AwaitingUpload { urls, message } => {
             condition(DATASOURCE_READY, None, "WaitingForUserUpload", message);
@@ -127,6 +129,7 @@ pub fn next_status(
                 &transfer_message(transfer),
             );
             status.phase = Some(ImagePhase::Provisioning);
+            status.image_upload_urls = previous.image_upload_urls.clone();
             apply_transfer(&mut status, previous, transfer);
         }
         ImportState::Retrying { transfer, problem } => {
@@ -147,6 +150,7 @@ pub fn next_status(
                 &format!("{} Retrying with back-off.", problem.message),
             );
             status.phase = Some(ImagePhase::Provisioning);
+            status.image_upload_urls = previous.image_upload_urls.clone();
             apply_transfer(&mut status, previous, transfer);
         }
         ImportState::Stored(image) => {
@@ -333,6 +337,40 @@ mod tests {
             &time(12),
         );
         assert_eq!(after.progress.as_deref(), Some("50.0%"));
+    }
+
+    #[test]
+    fn upload_urls_stay_while_the_upload_runs_and_go_once_the_image_is_stored() {
+        let urls = ImageUploadUrls {
+            external: Some("http://x/upload/t".into()),
+            in_cluster: Some("http://svc/upload/t".into()),
+        };
+        let awaiting = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::AwaitingUpload {
+                urls: urls.clone(),
+                message: "upload".into(),
+            },
+            &time(10),
+        );
+        let running = next_status(
+            &awaiting,
+            1,
+            &ImportState::Transferring(transfer(1, 2)),
+            &time(11),
+        );
+        assert_eq!(running.image_upload_urls, Some(urls));
+        let stored = StoredImage {
+            registry_url: "dvcr:5000/cvi/a:uid".into(),
+            format: "raw".into(),
+            cdrom: false,
+            stored_size: 2,
+            virtual_size: 2,
+            source_uid: None,
+        };
+        let ready = next_status(&running, 1, &ImportState::Stored(stored), &time(12));
+        assert_eq!(ready.image_upload_urls, None);
     }
 
     #[test]

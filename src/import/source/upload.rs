@@ -7,6 +7,12 @@
 //! digest (so the lookup's timing says nothing about the token) and the digests are compared
 //! in constant time. A wrong or old token gets the same bare 404 as a path that never existed.
 //! One upload at a time per image: a second one gets 409.
+//!
+//! The URLs survive a restart of the daemon (or a takeover by another replica): the import
+//! controller stores the token's sha256 — never the token — in the image's
+//! `imagecatalog.dev/upload-token-sha256` annotation before it publishes the URLs, and a new
+//! daemon that finds an image still waiting with URLs whose token has that hash registers the
+//! hash again instead of making a new token ([`published_token`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SourceError, SourceErrorKind};
+use crate::api::{ImagePhase, ImageStatus, ImageUploadUrls};
 
 /// The path prefix of upload URLs.
 pub const UPLOAD_PATH: &str = "/upload";
@@ -102,6 +109,46 @@ impl std::fmt::Debug for TokenDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TokenDigest({})", self.to_hex())
     }
+}
+
+/// The token of the upload URLs an image already published, when they are the ones to keep
+/// after a restart or takeover: the status describes the current spec, the image is still
+/// waiting for (or was receiving) its upload, and every URL carries the one token whose
+/// sha256 is `stored` (the image's annotation). None means the image needs a new token: a new
+/// image, a new spec, no stored hash, or URLs that do not match it (a hash written just before
+/// the previous daemon died, or edited by hand).
+pub fn published_token(
+    status: &ImageStatus,
+    generation: i64,
+    stored: Option<&str>,
+) -> Option<UploadToken> {
+    let waiting = matches!(
+        status.phase,
+        Some(ImagePhase::WaitForUserUpload | ImagePhase::Provisioning | ImagePhase::Pending)
+    );
+    if !waiting || status.observed_generation != Some(generation) {
+        return None;
+    }
+    let stored = TokenDigest::parse(stored?)?;
+    let ImageUploadUrls {
+        external,
+        in_cluster,
+    } = status.image_upload_urls.as_ref()?;
+    let tokens: Vec<&str> = [external, in_cluster]
+        .into_iter()
+        .flatten()
+        .map(|url| url_token(url))
+        .collect::<Option<_>>()?;
+    let (first, rest) = tokens.split_first()?;
+    let all_match =
+        rest.iter().all(|token| token == first) && TokenDigest::of(first).matches(&stored);
+    all_match.then(|| UploadToken(first.to_string()))
+}
+
+/// The token segment of an upload URL, `<base>/upload/<token>`.
+fn url_token(url: &str) -> Option<&str> {
+    let (_, token) = url.rsplit_once(&format!("{UPLOAD_PATH}/"))?;
+    (!token.is_empty() && !token.contains(['/', '?', '#'])).then_some(token)
 }
 
 /// The image's upload URL under `base`.
@@ -368,6 +415,81 @@ mod tests {
         assert_eq!(TokenDigest::parse("abc"), None);
         assert_eq!(TokenDigest::parse(&"z".repeat(64)), None);
         assert_eq!(TokenDigest::parse(&"0".repeat(66)), None);
+    }
+
+    fn waiting_status(token: &str, phase: ImagePhase) -> ImageStatus {
+        ImageStatus {
+            phase: Some(phase),
+            observed_generation: Some(2),
+            image_upload_urls: Some(ImageUploadUrls {
+                external: Some(format!("https://images.example.com/upload/{token}")),
+                in_cluster: Some(format!(
+                    "http://image-catalog-upload.image-catalog.svc/upload/{token}"
+                )),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_waiting_image_keeps_the_token_its_annotation_holds_the_hash_of() {
+        let token = UploadToken::generate().unwrap();
+        let hash = token.digest().to_hex();
+        for phase in [
+            ImagePhase::WaitForUserUpload,
+            ImagePhase::Provisioning,
+            ImagePhase::Pending,
+        ] {
+            let status = waiting_status(token.as_str(), phase);
+            let kept = published_token(&status, 2, Some(&hash)).expect("kept");
+            assert_eq!(kept.as_str(), token.as_str());
+            assert_eq!(
+                upload_url("https://images.example.com/", &kept),
+                status.image_upload_urls.unwrap().external.unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_spec_a_missing_or_other_hash_or_a_settled_image_gets_a_new_token() {
+        let token = UploadToken::generate().unwrap();
+        let hash = token.digest().to_hex();
+        let status = waiting_status(token.as_str(), ImagePhase::WaitForUserUpload);
+        // A new spec.
+        assert!(published_token(&status, 3, Some(&hash)).is_none());
+        // No hash, a malformed one, another token's.
+        assert!(published_token(&status, 2, None).is_none());
+        assert!(published_token(&status, 2, Some("not hex")).is_none());
+        let other = UploadToken::generate().unwrap().digest().to_hex();
+        assert!(published_token(&status, 2, Some(&other)).is_none());
+        // Settled.
+        for phase in [
+            ImagePhase::Ready,
+            ImagePhase::Failed,
+            ImagePhase::Terminating,
+        ] {
+            let status = waiting_status(token.as_str(), phase);
+            assert!(published_token(&status, 2, Some(&hash)).is_none());
+        }
+        // No URLs, or URLs with two different tokens.
+        let mut status = waiting_status(token.as_str(), ImagePhase::WaitForUserUpload);
+        status.image_upload_urls = None;
+        assert!(published_token(&status, 2, Some(&hash)).is_none());
+        let mut status = waiting_status(token.as_str(), ImagePhase::WaitForUserUpload);
+        status.image_upload_urls.as_mut().unwrap().in_cluster =
+            Some("http://svc/upload/other".into());
+        assert!(published_token(&status, 2, Some(&hash)).is_none());
+    }
+
+    #[test]
+    fn the_file_name_comes_from_content_disposition() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(file_name(&headers), "disk.img");
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"ipxe.iso\"".parse().unwrap(),
+        );
+        assert_eq!(file_name(&headers), "ipxe.iso");
     }
 
     #[tokio::test]
