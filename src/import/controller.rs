@@ -34,7 +34,10 @@ use crate::import::source::http::{HttpSourceOptions, redact_url};
 use crate::import::source::upload::{
     TokenDigest, UploadGate, UploadOutcome, UploadTicket, UploadToken, published_token, upload_url,
 };
-use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
+use crate::import::status::{
+    ImportState, Problem, StoredImage, Transfer, UPLOAD_INTERRUPTED_MESSAGE,
+    interrupted_by_restart, next_status, starting_point,
+};
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Secret;
 
@@ -529,7 +532,12 @@ async fn receive_upload(
         in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, &token)),
     };
     drop(token);
-    let mut message = "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string();
+    let mut message = if writer.take_restart() {
+        tracing::info!(image = %cvi.name_any(), "the last upload was cut by the daemon's restart; waiting for it again");
+        UPLOAD_INTERRUPTED_MESSAGE.to_string()
+    } else {
+        "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string()
+    };
     loop {
         writer
             .write_now(&ImportState::AwaitingUpload {
@@ -899,32 +907,43 @@ struct StatusWriter {
     name: String,
     generation: i64,
     written: ImageStatus,
+    /// A previous daemon was importing this spec when it stopped; the next transfer (or the
+    /// upload's wait) says that it started over.
+    restart_pending: bool,
+    /// The running transfer is the one that started over after the restart.
+    restarted: bool,
     transfer_started: Instant,
     last_sample: (Instant, u64),
 }
 
 impl StatusWriter {
     fn new(ctx: Arc<Context>, cvi: &ClusterVirtualImage, generation: i64) -> Self {
-        let mut written = cvi.status.clone().unwrap_or_default();
-        if written.observed_generation != Some(generation) {
-            // A new spec is a new import: its progress starts from zero.
-            written.progress = None;
-            written.size = None;
-            written.download_speed = None;
+        let found = cvi.status.clone().unwrap_or_default();
+        let restart_pending = interrupted_by_restart(&found, generation);
+        if restart_pending {
+            tracing::info!(image = %cvi.name_any(), generation, "the import was interrupted by a restart of the daemon; starting it again from byte 0");
         }
         Self {
             ctx,
             name: cvi.name_any(),
             generation,
-            written,
+            written: starting_point(&found, generation),
+            restart_pending,
+            restarted: false,
             transfer_started: Instant::now(),
             last_sample: (Instant::now(), 0),
         }
     }
 
+    /// Whether the import was interrupted by a restart, telling it only once.
+    fn take_restart(&mut self) -> bool {
+        std::mem::take(&mut self.restart_pending)
+    }
+
     fn begin_transfer(&mut self, _progress: &LiveProgress) {
         self.transfer_started = Instant::now();
         self.last_sample = (self.transfer_started, 0);
+        self.restarted = self.take_restart();
     }
 
     async fn write_transfer(&mut self, progress: &LiveProgress, problem: Option<Problem>) {
@@ -941,6 +960,7 @@ impl StatusWriter {
                 received.saturating_sub(sampled_bytes),
                 now - sampled_at,
             ),
+            restarted: self.restarted,
         };
         let state = match problem {
             Some(problem) => ImportState::Retrying { transfer, problem },
