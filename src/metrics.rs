@@ -44,6 +44,7 @@ pub struct Metrics {
     pub verification_last_success: Family<ImageLabel, Gauge>,
     pub imports_in_flight: Gauge,
     pub imports_queued: Gauge,
+    pub uploads_open: Gauge,
     pub bytes_imported: Counter,
     pub import_duration_seconds: Histogram,
     pub import_failures: Family<ReasonLabel, Counter>,
@@ -69,6 +70,12 @@ impl Metrics {
             "imports_in_flight",
             "Imports moving bytes right now",
             imports_in_flight.clone(),
+        );
+        let uploads_open = Gauge::default();
+        registry.register(
+            "uploads_open",
+            "Upload images whose upload URL accepts an upload (waiting for or receiving one)",
+            uploads_open.clone(),
         );
         let imports_queued = Gauge::default();
         registry.register(
@@ -189,6 +196,7 @@ impl Metrics {
             webhooks,
             imports_in_flight,
             imports_queued,
+            uploads_open,
             bytes_imported,
             import_duration_seconds,
             import_failures,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// annotations the daemon owns.
 pub const GROUP: &str = "imagecatalog.dev";
 
-/// Labels and annotations the daemon puts on every CVI it applies from a catalog.
+/// Labels and annotations the daemon puts on the CVIs it applies from a catalog or imports.
 pub mod keys {
     /// Label: the name of the ImageCatalog that owns the CVI.
     pub const CATALOG: &str = "imagecatalog.dev/catalog";
@@ -26,6 +26,10 @@ pub mod keys {
     pub const VERIFY_SCHEDULE: &str = "imagecatalog.dev/verify-schedule";
     /// Annotation: `"true"` when re-verification also fetches the upstream source again.
     pub const VERIFY_UPSTREAM: &str = "imagecatalog.dev/verify-upstream";
+    /// Annotation, written by the import controller (never by a catalog): the sha256 (hex) of
+    /// the token in an Upload image's URLs, so the URLs keep working after a restart or a
+    /// takeover. Never the token itself.
+    pub const UPLOAD_TOKEN_SHA256: &str = "imagecatalog.dev/upload-token-sha256";
     /// The prefix of every key above: catalog entries may not set keys under it.
     pub const PREFIX: &str = "imagecatalog.dev/";
 }

@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::catalog::keys::UPLOAD_TOKEN_SHA256;
 use crate::api::status::condition::{DATASOURCE_READY, READY};
 use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus, ImageUploadUrls};
 use crate::dvcr::Dvcr;
@@ -30,8 +31,13 @@ use crate::import::pipeline::{
 use crate::import::progress::speed;
 use crate::import::source::container_image::{ContainerDisk, RegistryCredentials, registry_host};
 use crate::import::source::http::{HttpSourceOptions, redact_url};
-use crate::import::source::upload::{UPLOAD_PATH, UploadGate, UploadOutcome};
-use crate::import::status::{ImportState, Problem, StoredImage, Transfer, next_status};
+use crate::import::source::upload::{
+    TokenDigest, UploadGate, UploadOutcome, UploadTicket, UploadToken, published_token, upload_url,
+};
+use crate::import::status::{
+    ImportState, Problem, StoredImage, Transfer, UPLOAD_INTERRUPTED_MESSAGE,
+    interrupted_by_restart, next_status, starting_point,
+};
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Secret;
 
@@ -39,6 +45,9 @@ use k8s_openapi::api::core::v1::Secret;
 pub const FINALIZER: &str = "imagecatalog.dev/dvcr-cleanup";
 /// The field manager of the status this controller writes.
 pub const STATUS_MANAGER: &str = "image-catalog-import";
+/// The field manager of the upload token's hash annotation, the one field of an image's
+/// metadata this controller writes.
+pub const UPLOAD_TOKEN_MANAGER: &str = "image-catalog-import-upload-token";
 
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
@@ -516,19 +525,19 @@ async fn receive_upload(
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
 ) -> Result<StoredImage, ImportError> {
-    let mut ticket = ctx.uploads.open();
-    let url = |base: &str| {
-        format!(
-            "{}{UPLOAD_PATH}/{}",
-            base.trim_end_matches('/'),
-            ticket.token
-        )
-    };
+    let (token, ticket) = open_upload(ctx, cvi, cancel).await?;
+    let mut ticket = OpenUpload::new(ticket, &ctx.metrics);
     let urls = ImageUploadUrls {
-        external: Some(url(&ctx.settings.upload_external_base)),
-        in_cluster: Some(url(&ctx.settings.upload_in_cluster_base)),
+        external: Some(upload_url(&ctx.settings.upload_external_base, &token)),
+        in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, &token)),
     };
-    let mut message = "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string();
+    drop(token);
+    let mut message = if writer.take_restart() {
+        tracing::info!(image = %cvi.name_any(), "the last upload was cut by the daemon's restart; waiting for it again");
+        UPLOAD_INTERRUPTED_MESSAGE.to_string()
+    } else {
+        "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string()
+    };
     loop {
         writer
             .write_now(&ImportState::AwaitingUpload {
@@ -588,6 +597,106 @@ async fn receive_upload(
                 );
             }
         }
+    }
+}
+
+/// The token of an Upload image, registered with the gate: the one its URLs already carry
+/// when a previous daemon published them for this spec (a restart or takeover keeps the URLs
+/// the user was told), otherwise a new one whose sha256 is stored on the image before any URL
+/// with it is published.
+async fn open_upload(
+    ctx: &Context,
+    cvi: &ClusterVirtualImage,
+    cancel: &CancellationToken,
+) -> Result<(UploadToken, UploadTicket), ImportError> {
+    let name = cvi.name_any();
+    let generation = cvi.metadata.generation.unwrap_or_default();
+    let status = cvi.status.clone().unwrap_or_default();
+    let stored = cvi
+        .annotations()
+        .get(UPLOAD_TOKEN_SHA256)
+        .map(String::as_str);
+    if let Some(token) = published_token(&status, generation, stored) {
+        match ctx.uploads.register(token.digest()) {
+            Ok(ticket) => {
+                tracing::info!(image = %name, "kept the upload URLs published before the restart");
+                return Ok((token, ticket));
+            }
+            Err(error) => {
+                tracing::warn!(image = %name, %error, "the published upload URLs cannot be kept; making new ones")
+            }
+        }
+    }
+    let token = UploadToken::generate().map_err(ImportError::UploadTokenUnavailable)?;
+    save_token_digest(ctx, &name, &token.digest(), cancel).await?;
+    let ticket = ctx
+        .uploads
+        .register(token.digest())
+        .map_err(|error| ImportError::Stage(format!("registering a new upload token: {error}")))?;
+    Ok((token, ticket))
+}
+
+/// Stores the token's sha256 in the image's annotation (server-side apply, under the
+/// controller's own field manager), retried with back-off while the API server fails.
+async fn save_token_digest(
+    ctx: &Context,
+    name: &str,
+    digest: &TokenDigest,
+    cancel: &CancellationToken,
+) -> Result<(), ImportError> {
+    let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": ClusterVirtualImage::api_version(&()),
+        "kind": ClusterVirtualImage::kind(&()),
+        "metadata": {
+            "name": name,
+            "annotations": { UPLOAD_TOKEN_SHA256: digest.to_hex() },
+        },
+    });
+    let params = PatchParams::apply(UPLOAD_TOKEN_MANAGER).force();
+    let mut delay = Duration::from_millis(200);
+    let mut tries = 1;
+    loop {
+        let error = match api.patch(name, &params, &Patch::Apply(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let retry = match &error {
+            kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+            _ => true,
+        };
+        if !retry || tries >= 8 {
+            return Err(ImportError::UploadTokenNotSaved(error.to_string()));
+        }
+        tracing::warn!(image = %name, %error, "saving the upload token's hash failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+        tries += 1;
+    }
+}
+
+/// An image's registration with the upload gate, counted in `uploads_open` while it lasts.
+struct OpenUpload<'a> {
+    ticket: UploadTicket,
+    metrics: &'a Metrics,
+}
+
+impl<'a> OpenUpload<'a> {
+    fn new(ticket: UploadTicket, metrics: &'a Metrics) -> Self {
+        metrics.uploads_open.inc();
+        Self { ticket, metrics }
+    }
+    async fn next(&mut self) -> Option<crate::import::source::upload::Upload> {
+        self.ticket.next().await
+    }
+}
+
+impl Drop for OpenUpload<'_> {
+    fn drop(&mut self) {
+        self.metrics.uploads_open.dec();
     }
 }
 
@@ -798,32 +907,43 @@ struct StatusWriter {
     name: String,
     generation: i64,
     written: ImageStatus,
+    /// A previous daemon was importing this spec when it stopped; the next transfer (or the
+    /// upload's wait) says that it started over.
+    restart_pending: bool,
+    /// The running transfer is the one that started over after the restart.
+    restarted: bool,
     transfer_started: Instant,
     last_sample: (Instant, u64),
 }
 
 impl StatusWriter {
     fn new(ctx: Arc<Context>, cvi: &ClusterVirtualImage, generation: i64) -> Self {
-        let mut written = cvi.status.clone().unwrap_or_default();
-        if written.observed_generation != Some(generation) {
-            // A new spec is a new import: its progress starts from zero.
-            written.progress = None;
-            written.size = None;
-            written.download_speed = None;
+        let found = cvi.status.clone().unwrap_or_default();
+        let restart_pending = interrupted_by_restart(&found, generation);
+        if restart_pending {
+            tracing::info!(image = %cvi.name_any(), generation, "the import was interrupted by a restart of the daemon; starting it again from byte 0");
         }
         Self {
             ctx,
             name: cvi.name_any(),
             generation,
-            written,
+            written: starting_point(&found, generation),
+            restart_pending,
+            restarted: false,
             transfer_started: Instant::now(),
             last_sample: (Instant::now(), 0),
         }
     }
 
+    /// Whether the import was interrupted by a restart, telling it only once.
+    fn take_restart(&mut self) -> bool {
+        std::mem::take(&mut self.restart_pending)
+    }
+
     fn begin_transfer(&mut self, _progress: &LiveProgress) {
         self.transfer_started = Instant::now();
         self.last_sample = (self.transfer_started, 0);
+        self.restarted = self.take_restart();
     }
 
     async fn write_transfer(&mut self, progress: &LiveProgress, problem: Option<Problem>) {
@@ -840,6 +960,7 @@ impl StatusWriter {
                 received.saturating_sub(sampled_bytes),
                 now - sampled_at,
             ),
+            restarted: self.restarted,
         };
         let state = match problem {
             Some(problem) => ImportState::Retrying { transfer, problem },

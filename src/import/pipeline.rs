@@ -110,6 +110,14 @@ pub enum ImportError {
         .0.as_secs()
     )]
     UploadTimedOut(std::time::Duration),
+    #[error(
+        "no upload URL can be made: {0}, and a token from it would be guessable; fix the node's random source (the kernel's getrandom), then delete the image and create it again"
+    )]
+    UploadTokenUnavailable(#[source] crate::import::source::upload::RandomUnavailable),
+    #[error(
+        "saving the upload token's sha256 on the image failed ({0}), so no upload URL was published; check that the daemon may patch ClusterVirtualImages, then delete the image and create it again"
+    )]
+    UploadTokenNotSaved(String),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
 }
@@ -125,6 +133,8 @@ impl ImportError {
             Self::Spool { .. } => "SpoolFailed",
             Self::Cancelled => "Cancelled",
             Self::UploadTimedOut(_) => "UploadTimedOut",
+            Self::UploadTokenUnavailable(_) => "UploadTokenUnavailable",
+            Self::UploadTokenNotSaved(_) => "UploadTokenNotSaved",
             Self::Stage(_) => "InternalError",
         }
     }

@@ -44,8 +44,10 @@ pub fn in_flight_percent(done: u64, total: u64) -> String {
 /// The progress of a Ready image.
 pub const DONE_PERCENT: &str = "100%";
 
-/// Keeps a reported percentage from moving backwards (a resumed or restarted download must
-/// not make `kubectl get cvi -w` jump back). Compares the numbers, not the strings.
+/// Keeps a reported percentage from moving backwards within one import (a resumed or retried
+/// download must not make `kubectl get cvi -w` jump back). Compares the numbers, not the
+/// strings. A transfer that starts over after the daemon restarted is not held at the old
+/// value: its import starts from `status::starting_point`, which drops it.
 pub fn never_backwards(previous: Option<&str>, next: String) -> String {
     let parse = |text: &str| text.trim_end_matches('%').parse::<f64>().ok();
     match (previous.and_then(parse), parse(&next)) {

@@ -16,6 +16,48 @@ pub struct Transfer {
     /// The size of the file when the source announced it.
     pub total: Option<u64>,
     pub speed: Speed,
+    /// This transfer started again from byte 0 because the daemon that ran it stopped
+    /// (restart, takeover): the message says so.
+    pub restarted: bool,
+}
+
+/// The first words of the message of a transfer that started over after a restart.
+pub const RESTARTED_MESSAGE: &str =
+    "Restarted after the daemon restarted; fetching again from byte 0.";
+
+/// The message of an Upload image whose upload was cut by the daemon's death.
+pub const UPLOAD_INTERRUPTED_MESSAGE: &str = "The last upload was interrupted: the daemon restarted while it ran. Upload the image again to the same URL: `curl <status.imageUploadURLs.external> -T image.img`.";
+
+/// Whether a previous daemon (or leader) was moving bytes of this spec when it stopped: the
+/// status describes this generation and says Provisioning, or Pending with upload URLs (an
+/// upload that arrived and waited for an import slot). A new import task of this process that
+/// finds such a status is the continuation of that import, which starts over.
+pub fn interrupted_by_restart(previous: &ImageStatus, generation: i64) -> bool {
+    previous.observed_generation == Some(generation)
+        && match previous.phase {
+            Some(ImagePhase::Provisioning) => true,
+            Some(ImagePhase::Pending) => previous.image_upload_urls.is_some(),
+            _ => false,
+        }
+}
+
+/// The status a new import task starts from, given the one it finds. Progress, sizes and
+/// speed describe the transfer that wrote them, and progress never moves backwards from what
+/// `previous` says: an import of a new spec, or a transfer that starts again from byte 0 after
+/// a restart, must not be held at the old value (the progress would freeze there while the
+/// message counts again from zero). A new spec also gets new upload URLs.
+pub fn starting_point(previous: &ImageStatus, generation: i64) -> ImageStatus {
+    let mut status = previous.clone();
+    let new_spec = previous.observed_generation != Some(generation);
+    if new_spec || interrupted_by_restart(previous, generation) {
+        status.progress = None;
+        status.size = None;
+        status.download_speed = None;
+    }
+    if new_spec {
+        status.image_upload_urls = None;
+    }
+    status
 }
 
 /// What is known about an image once it is stored.
@@ -73,7 +115,9 @@ pub enum ImportState {
 }
 
 /// The status for `state`, carrying over what must persist from `previous` (condition
-/// transition times, progress that must not move backwards, facts already discovered).
+/// transition times, progress that must not move backwards, facts already discovered, the
+/// upload URLs until the image is stored or failed). `previous` is what this import wrote
+/// last, or its [`starting_point`].
 pub fn next_status(
     previous: &ImageStatus,
     generation: i64,
@@ -106,6 +150,7 @@ pub fn next_status(
             condition(DATASOURCE_READY, datasource_ready, reason, message);
             condition(READY, Some(false), reason, message);
             status.phase = Some(ImagePhase::Pending);
+            status.image_upload_urls = previous.image_upload_urls.clone();
         }
         ImportState::AwaitingUpload { urls, message } => {
             condition(DATASOURCE_READY, None, "WaitingForUserUpload", message);
@@ -127,6 +172,7 @@ pub fn next_status(
                 &transfer_message(transfer),
             );
             status.phase = Some(ImagePhase::Provisioning);
+            status.image_upload_urls = previous.image_upload_urls.clone();
             apply_transfer(&mut status, previous, transfer);
         }
         ImportState::Retrying { transfer, problem } => {
@@ -147,6 +193,7 @@ pub fn next_status(
                 &format!("{} Retrying with back-off.", problem.message),
             );
             status.phase = Some(ImagePhase::Provisioning);
+            status.image_upload_urls = previous.image_upload_urls.clone();
             apply_transfer(&mut status, previous, transfer);
         }
         ImportState::Stored(image) => {
@@ -203,7 +250,7 @@ pub fn next_status(
 
 fn transfer_message(transfer: &Transfer) -> String {
     let received = progress::human_size(transfer.received);
-    match transfer.total {
+    let downloading = match transfer.total {
         Some(total) => format!(
             "Downloading: {received} of {} at {}.",
             progress::human_size(total),
@@ -213,6 +260,11 @@ fn transfer_message(transfer: &Transfer) -> String {
             "Downloading: {received} at {}.",
             progress::human_speed(transfer.speed.current)
         ),
+    };
+    if transfer.restarted {
+        format!("{RESTARTED_MESSAGE} {downloading}")
+    } else {
+        downloading
     }
 }
 
@@ -293,6 +345,7 @@ mod tests {
                 average: 1024 * 1024,
                 current: 2 * 1024 * 1024,
             },
+            restarted: false,
         }
     }
 
@@ -319,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_download_does_not_move_progress_backwards() {
+    fn a_retried_download_of_the_same_import_does_not_move_progress_backwards() {
         let before = next_status(
             &ImageStatus::default(),
             1,
@@ -333,6 +386,40 @@ mod tests {
             &time(12),
         );
         assert_eq!(after.progress.as_deref(), Some("50.0%"));
+    }
+
+    #[test]
+    fn upload_urls_stay_while_the_upload_runs_and_go_once_the_image_is_stored() {
+        let urls = ImageUploadUrls {
+            external: Some("http://x/upload/t".into()),
+            in_cluster: Some("http://svc/upload/t".into()),
+        };
+        let awaiting = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::AwaitingUpload {
+                urls: urls.clone(),
+                message: "upload".into(),
+            },
+            &time(10),
+        );
+        let running = next_status(
+            &awaiting,
+            1,
+            &ImportState::Transferring(transfer(1, 2)),
+            &time(11),
+        );
+        assert_eq!(running.image_upload_urls, Some(urls));
+        let stored = StoredImage {
+            registry_url: "dvcr:5000/cvi/a:uid".into(),
+            format: "raw".into(),
+            cdrom: false,
+            stored_size: 2,
+            virtual_size: 2,
+            source_uid: None,
+        };
+        let ready = next_status(&running, 1, &ImportState::Stored(stored), &time(12));
+        assert_eq!(ready.image_upload_urls, None);
     }
 
     #[test]
@@ -422,6 +509,121 @@ mod tests {
         let first = next_status(&ImageStatus::default(), 1, &state, &time(1));
         let second = next_status(&first, 1, &state, &time(9));
         assert_eq!(first, second);
+    }
+
+    fn restarted(received: u64, total: u64) -> Transfer {
+        Transfer {
+            restarted: true,
+            ..transfer(received, total)
+        }
+    }
+
+    fn ready_message(status: &ImageStatus) -> &str {
+        &condition_of(&status.conditions, READY).message
+    }
+
+    #[test]
+    fn a_transfer_cut_by_a_restart_starts_again_from_zero_and_says_so() {
+        // What the previous daemon wrote last: 75% of the file.
+        let before = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Transferring(transfer(750, 1000)),
+            &time(10),
+        );
+        assert!(interrupted_by_restart(&before, 1));
+        let start = starting_point(&before, 1);
+        assert_eq!(start.progress, None);
+        assert_eq!(start.size, None);
+        assert_eq!(start.conditions, before.conditions);
+
+        let first = next_status(
+            &start,
+            1,
+            &ImportState::Transferring(restarted(100, 1000)),
+            &time(20),
+        );
+        assert_eq!(first.progress.as_deref(), Some("10.0%"));
+        assert!(
+            ready_message(&first).starts_with(RESTARTED_MESSAGE),
+            "{}",
+            ready_message(&first)
+        );
+        assert!(ready_message(&first).contains("Downloading: 100B of 1000B"));
+        // Within the new transfer progress still never goes backwards, and stays below 100%
+        // until the image is Ready.
+        let later = next_status(
+            &first,
+            1,
+            &ImportState::Transferring(restarted(50, 1000)),
+            &time(22),
+        );
+        assert_eq!(later.progress.as_deref(), Some("10.0%"));
+        let end = next_status(
+            &later,
+            1,
+            &ImportState::Transferring(restarted(1000, 1000)),
+            &time(24),
+        );
+        assert_eq!(end.progress.as_deref(), Some("99.9%"));
+    }
+
+    #[test]
+    fn only_a_status_of_this_spec_in_flight_counts_as_interrupted() {
+        let provisioning = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Transferring(transfer(750, 1000)),
+            &time(10),
+        );
+        // Another spec: a new import, also from zero, but not a restart.
+        assert!(!interrupted_by_restart(&provisioning, 2));
+        assert_eq!(starting_point(&provisioning, 2).progress, None);
+        let waiting = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Waiting {
+                reason: "WaitingForImportSlot".into(),
+                message: "later".into(),
+                source_blocked: false,
+            },
+            &time(10),
+        );
+        assert!(!interrupted_by_restart(&waiting, 1));
+        let urls = ImageUploadUrls {
+            external: Some("http://x/upload/t".into()),
+            in_cluster: None,
+        };
+        let awaiting = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::AwaitingUpload {
+                urls: urls.clone(),
+                message: "upload".into(),
+            },
+            &time(10),
+        );
+        assert!(!interrupted_by_restart(&awaiting, 1));
+        // An upload that arrived and waited for a slot was cut too.
+        let queued = next_status(
+            &awaiting,
+            1,
+            &ImportState::Waiting {
+                reason: "WaitingForImportSlot".into(),
+                message: "later".into(),
+                source_blocked: false,
+            },
+            &time(11),
+        );
+        assert_eq!(queued.image_upload_urls, Some(urls.clone()));
+        assert!(interrupted_by_restart(&queued, 1));
+        // Settled images are not imports in flight.
+        let mut ready = provisioning.clone();
+        ready.phase = Some(ImagePhase::Ready);
+        assert!(!interrupted_by_restart(&ready, 1));
+        // A new spec drops the old URLs; the same spec keeps them.
+        assert_eq!(starting_point(&awaiting, 2).image_upload_urls, None);
+        assert_eq!(starting_point(&awaiting, 1), awaiting);
     }
 
     fn condition_of<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {

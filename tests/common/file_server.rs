@@ -4,8 +4,8 @@
 //! alike, and stops when the [`FileServer`] is dropped. It serves the files under a root
 //! directory, streamed from disk (constant memory, any size), with `Accept-Ranges`, `ETag`,
 //! `Last-Modified` and `Range`/`If-Range` per RFC 9110, and injects faults per path prefix
-//! (see [`Behavior`]): cut or stalled connections, no range support, chunked bodies, error
-//! statuses, redirects, basic auth. It counts requests, connections and body bytes sent per
+//! (see [`Behavior`]): cut, stalled or held connections, no range support, chunked bodies,
+//! error statuses, redirects, basic auth. It counts requests, connections and body bytes sent per
 //! path.
 //!
 //! ```ignore
@@ -57,6 +57,9 @@ pub struct Behavior {
     pub cut_after: Option<(u64, u64)>,
     /// Stop sending (without closing) after this many body bytes, for the first N requests.
     pub stall_after: Option<(u64, u64)>,
+    /// Pause after this many body bytes, for the first N requests, until
+    /// [`FileServer::release_held`]; then send the rest.
+    pub hold_after: Option<(u64, u64)>,
     /// Answer the first `times` requests with this status.
     pub fail: Option<Fail>,
     /// Answer with this redirect status and `Location`.
@@ -85,6 +88,7 @@ impl Default for Behavior {
             chunked: false,
             cut_after: None,
             stall_after: None,
+            hold_after: None,
             fail: None,
             redirect: None,
             content_disposition: None,
@@ -125,6 +129,13 @@ impl Behavior {
     /// `first_requests` responses.
     pub fn stall_after(mut self, bytes: u64, first_requests: u64) -> Self {
         self.stall_after = Some((bytes, first_requests));
+        self
+    }
+    /// Pause after `bytes` body bytes of each of the first `first_requests` responses until
+    /// [`FileServer::release_held`] is called; the connection stays open meanwhile, and the
+    /// rest of the file follows. Lets a test look at a transfer in the middle, without timing.
+    pub fn hold_after(mut self, bytes: u64, first_requests: u64) -> Self {
+        self.hold_after = Some((bytes, first_requests));
         self
     }
     /// Answer the first `times` requests with `status` (`u64::MAX`: always).
@@ -202,6 +213,9 @@ struct Shared {
     stats: Mutex<HashMap<String, PathStats>>,
     log: Mutex<Vec<RequestRecord>>,
     connections: AtomicU64,
+    /// Counts [`FileServer::release_held`] calls: a body held since epoch `n` goes on once
+    /// this is above `n`.
+    released: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -277,6 +291,7 @@ impl FileServer {
             stats: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
+            released: tokio::sync::watch::Sender::new(0),
         });
         let listener =
             std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
@@ -329,6 +344,11 @@ impl FileServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Lets every response held by [`Behavior::hold_after`] so far send the rest of its file.
+    pub fn release_held(&self) {
+        self.shared.released.send_modify(|epoch| *epoch += 1);
     }
 
     pub fn is_https(&self) -> bool {
@@ -732,15 +752,23 @@ async fn respond(
         return not_found();
     }
 
-    let fault = match (behavior.cut_after, behavior.stall_after) {
-        (Some((bytes, first)), _) if index < first => Fault::Cut(bytes),
-        (_, Some((bytes, first))) if index < first => Fault::Stall(bytes),
+    let fault = match (
+        behavior.cut_after,
+        behavior.stall_after,
+        behavior.hold_after,
+    ) {
+        (Some((bytes, first)), _, _) if index < first => Fault::Cut(bytes),
+        (_, Some((bytes, first)), _) if index < first => Fault::Stall(bytes),
+        (_, _, Some((bytes, first))) if index < first => {
+            Fault::Hold(bytes, *shared.released.borrow())
+        }
         _ => Fault::None,
     };
     let body = BodyState {
         inner: ReaderStream::with_capacity(file.take(body_len), 64 * 1024),
         sent: 0,
         fault,
+        rest: None,
         done: false,
         shared: shared.clone(),
         path: path.to_string(),
@@ -874,12 +902,16 @@ enum Fault {
     None,
     Cut(u64),
     Stall(u64),
+    /// Pause at this many bytes until the release epoch is above the one given.
+    Hold(u64, u64),
 }
 
 struct BodyState {
     inner: ReaderStream<tokio::io::Take<tokio::fs::File>>,
     sent: u64,
     fault: Fault,
+    /// The part of a chunk beyond a fault's byte limit.
+    rest: Option<Bytes>,
     done: bool,
     shared: Arc<Shared>,
     path: String,
@@ -890,9 +922,17 @@ impl BodyState {
         if self.done {
             return None;
         }
+        if let Fault::Hold(at, epoch) = self.fault
+            && self.sent >= at
+        {
+            let mut released = self.shared.released.subscribe();
+            // The sender lives as long as the server.
+            let _ = released.wait_for(|now| *now > epoch).await;
+            self.fault = Fault::None;
+        }
         let limit = match self.fault {
             Fault::None => None,
-            Fault::Cut(at) | Fault::Stall(at) => Some(at),
+            Fault::Cut(at) | Fault::Stall(at) | Fault::Hold(at, _) => Some(at),
         };
         if let Some(limit) = limit
             && self.sent >= limit
@@ -906,17 +946,21 @@ impl BodyState {
             let error = io::Error::new(io::ErrorKind::ConnectionAborted, "injected cut");
             return Some((Err(error), self));
         }
-        let mut chunk = match self.inner.next().await? {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                self.done = true;
-                return Some((Err(error), self));
-            }
+        let mut chunk = match self.rest.take() {
+            Some(rest) => rest,
+            None => match self.inner.next().await? {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    self.done = true;
+                    return Some((Err(error), self));
+                }
+            },
         };
         if let Some(limit) = limit {
             let room = limit - self.sent;
             if chunk.len() as u64 > room {
-                chunk.truncate(room as usize);
+                // A held body sends the rest later; a cut or stalled one never does.
+                self.rest = Some(chunk.split_off(room as usize));
             }
         }
         self.sent += chunk.len() as u64;
