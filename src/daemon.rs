@@ -286,6 +286,17 @@ enum Stop {
 }
 
 /// SIGTERM (the kubelet, a rolling update) and SIGINT (Ctrl-C).
+/// The base of upload URLs from outside the cluster: the configured one, else the upload
+/// address itself when it is a real one (a daemon run by hand on 127.0.0.1), else none — a
+/// wildcard address such as the default 0.0.0.0 is nowhere a user could send to.
+fn external_upload_base(configured: Option<&str>, upload_addr: SocketAddr) -> Option<String> {
+    match configured {
+        Some(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
+        _ if upload_addr.ip().is_unspecified() => None,
+        _ => Some(format!("http://{upload_addr}")),
+    }
+}
+
 /// How often a DVCR configuration that did not work is read again.
 const DVCR_CONFIG_RETRY: Duration = Duration::from_secs(15);
 
@@ -538,10 +549,10 @@ fn start_leader_parts(
             status_interval: Duration::from_secs(2),
             namespace: args.namespace.clone(),
             upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
-            upload_external_base: args
-                .upload_external_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", args.upload_addr)),
+            upload_external_base: external_upload_base(
+                args.upload_external_url.as_deref(),
+                args.upload_addr,
+            ),
             upload_in_cluster_base: args
                 .upload_in_cluster_url
                 .clone()
@@ -728,6 +739,22 @@ mod tests {
             .into(),
         );
         secret
+    }
+
+    #[test]
+    fn the_external_upload_url_is_the_configured_one_or_a_real_listen_address_or_none() {
+        let any: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(
+            external_upload_base(Some("https://images.example.com"), any).as_deref(),
+            Some("https://images.example.com")
+        );
+        assert_eq!(external_upload_base(None, any), None);
+        assert_eq!(external_upload_base(Some(""), any), None);
+        assert_eq!(
+            external_upload_base(None, local).as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::file_server::{Behavior, FileServer};
+use common::git_server::{GitDaemon, TestRepo};
 use common::stored::read_back;
 use common::{TestEnv, node_testenv, repo_root, wait_for};
 use serde_json::Value;
@@ -30,6 +31,33 @@ const FULLNAME: &str = "e2e-image-catalog";
 const SUITE_LABEL: &str = "image-catalog.test/suite";
 const SUITE: &str = "in-cluster";
 const PULL_SECRET: &str = "e2e-dvcr-pull";
+const CATALOG: &str = "e2e-catalog";
+
+/// Deletes the test's catalog (its images are deleted with it: the catalog prunes them).
+fn delete_catalog(env: &TestEnv) {
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "imagecatalog",
+            CATALOG,
+            "--ignore-not-found",
+            "--wait",
+            "--timeout=60s",
+        ])
+        .output();
+    let _ = env
+        .kubectl()
+        .args([
+            "patch",
+            "imagecatalog",
+            CATALOG,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])
+        .output();
+}
 
 fn run(command: &mut Command) -> Output {
     let output = command.output().expect("the command runs");
@@ -319,7 +347,7 @@ fn install(env: &TestEnv, repository: &str, digest: &str, upload_node_port: u16)
         // Only this test's images; other suites run daemons of their own at the same time.
         .args([
             "--set",
-            &format!("extraArgs={{--selector={SUITE_LABEL}={SUITE},--catalog-controller=false}}"),
+            &format!("extraArgs={{--selector={SUITE_LABEL}={SUITE}}}"),
         ])
         .args(["--wait", "--timeout", "300s"]));
 }
@@ -510,6 +538,60 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
         );
     }
 
+    // The documentation's ObjectRef example, made from a ClusterVirtualImage here (nothing
+    // in the test world makes a Ready VirtualImage).
+    let copy = example("ubuntu-from-virtualimage.yaml", "e2e-ubuntu-copy", |m| {
+        m["spec"]["dataSource"]["objectRef"] =
+            serde_json::json!({"kind": "ClusterVirtualImage", "name": "e2e-ubuntu-22.04"});
+    });
+    create(&env, &copy);
+    let image = ready(&env, "e2e-ubuntu-copy");
+    assert_eq!(stored_sha256(&env, &image), sha256_file(&qcow2));
+
+    // A catalog in Git, served where pods reach it, synced by the leader: its image becomes
+    // Ready and the commit gets the daemon's note.
+    let repo = TestRepo::new();
+    let catalog_file = format!(
+        "images:\n  - name: e2e-catalog-image\n    dataSource:\n      type: HTTP\n      http: {{url: '{}'}}\n",
+        http.url("ubuntu.qcow2")
+    );
+    let commit = repo.commit(
+        &[("images/e2e.yaml", &catalog_file)],
+        "An image for the in-cluster test",
+    );
+    let git_daemon = GitDaemon::start_on(&repo.root, env.var("TESTENV_NODE_IP"));
+    delete_catalog(&env);
+    let catalog = format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: {CATALOG}}}\n\
+         spec:\n  git: {{url: '{}', ref: {{branch: main}}, path: images}}\n  interval: 1h\n\
+         \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n  commitStatus: {{provider: GitNotes}}\n",
+        git_daemon.url(TestRepo::NAME)
+    );
+    let out = env.kubectl_with_input(&["apply", "-f", "-"], &catalog);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = ready(&env, "e2e-catalog-image");
+    assert_eq!(stored_sha256(&env, &image), sha256_file(&qcow2));
+    let bare = repo.bare();
+    let note = wait_for(
+        "the success note on the commit",
+        Duration::from_secs(120),
+        || {
+            let out = Command::new("git")
+                .current_dir(&bare)
+                .args(["notes", "--ref", "image-catalog", "show", &commit])
+                .output()
+                .ok()?;
+            let note = String::from_utf8_lossy(&out.stdout).into_owned();
+            note.contains(&format!("image-catalog/{CATALOG}: success"))
+                .then_some(note)
+        },
+    );
+    eprintln!("the catalog's note on {}: {}", &commit[..12], note.trim());
+
     // The leader's pod is force-deleted in the middle of an import.
     start_stalled_import(&env, &http, "e2e-takeover-a", "takeover-a.img");
     let killed = Instant::now();
@@ -631,6 +713,8 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
     for name in [
         "e2e-ubuntu-22.04",
         "e2e-slackware-15",
+        "e2e-ubuntu-copy",
+        "e2e-catalog-image",
         "e2e-takeover-a",
         "e2e-takeover-b",
         "e2e-takeover-c",
@@ -674,6 +758,8 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
     for name in [
         "e2e-ubuntu-22.04",
         "e2e-slackware-15",
+        "e2e-ubuntu-copy",
+        "e2e-catalog-image",
         "e2e-takeover-a",
         "e2e-takeover-b",
         "e2e-takeover-c",
@@ -682,5 +768,6 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
     ] {
         delete_image(&env, name);
     }
+    delete_catalog(&env);
     run(helm(&env).args(["uninstall", RELEASE, "-n", NAMESPACE, "--wait"]));
 }

@@ -231,8 +231,10 @@ impl World {
         );
     }
 
-    /// A Pod object named like a daemon's identity (no node runs it): the daemon then labels
-    /// it as a daemon in a pod would.
+    /// A Pod object named like a daemon's identity that no node runs (it selects no node, so
+    /// even with the test world's node up it is never scheduled or pulled): the daemon then
+    /// labels it as a daemon in a pod would. Valid under the namespace's Pod Security
+    /// `restricted`.
     fn create_pod(&self, name: &str) {
         let manifest = serde_json::json!({
             "apiVersion": "v1",
@@ -241,7 +243,20 @@ impl World {
             "spec": {
                 "serviceAccountName": "image-catalog",
                 "automountServiceAccountToken": false,
-                "containers": [{"name": "daemon", "image": "image-catalog:test"}],
+                "nodeSelector": {"image-catalog.test/never-scheduled": "true"},
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [{
+                    "name": "daemon",
+                    "image": "image-catalog:test",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }],
             },
         });
         let output = self

@@ -151,6 +151,14 @@ server = "https://$NODE_IP:$DVCR_PORT"
   capabilities = ["pull", "resolve"]
   ca = "$PKI/dvcr-ca/ca.crt"
 EOF
+    # Public registries lead to a closed local port: a pod naming an image from outside
+    # fails to pull at once, and containerd never looks a public registry up.
+    local registry
+    for registry in docker.io registry.k8s.io quay.io ghcr.io gcr.io registry-1.docker.io; do
+        mkdir -p "$c/certs.d/$registry"
+        printf 'server = "https://127.0.0.1:9"\n[host."https://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' \
+            >"$c/certs.d/$registry/hosts.toml"
+    done
     # restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, and without it every
     # sandbox fails with "can't get final child's PID from pipe".
     cat >"$c/config.toml" <<EOF

@@ -66,7 +66,8 @@ pub struct ControllerSettings {
     /// How long an Upload image waits for its upload before it fails.
     pub upload_timeout: Duration,
     /// Base of the upload URL reachable from outside the cluster (`<base>/upload/<token>`).
-    pub upload_external_base: String,
+    /// None: no URL from outside the cluster is configured (no Ingress, no NodePort).
+    pub upload_external_base: Option<String>,
     /// Base of the upload URL reachable inside the cluster (the daemon's Service).
     pub upload_in_cluster_base: String,
 }
@@ -516,6 +517,15 @@ async fn run_import(
     }
 }
 
+/// What an image waiting for its upload tells the user to do.
+fn waiting_for_upload_message(has_external_url: bool) -> String {
+    if has_external_url {
+        "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".into()
+    } else {
+        "Waiting for the image: upload it from inside the cluster with `curl <status.imageUploadURLs.inCluster> -T image.img`. No URL from outside the cluster is configured: set the chart's upload.externalURL (or upload.ingress), or the daemon's --upload-external-url.".into()
+    }
+}
+
 /// Waits for the user's upload and imports it. A broken or refused upload leaves the image
 /// waiting for the next attempt; no upload for `upload_timeout` ends in Failed.
 async fn receive_upload(
@@ -528,7 +538,11 @@ async fn receive_upload(
     let (token, ticket) = open_upload(ctx, cvi, cancel).await?;
     let mut ticket = OpenUpload::new(ticket, &ctx.metrics);
     let urls = ImageUploadUrls {
-        external: Some(upload_url(&ctx.settings.upload_external_base, &token)),
+        external: ctx
+            .settings
+            .upload_external_base
+            .as_deref()
+            .map(|base| upload_url(base, &token)),
         in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, &token)),
     };
     drop(token);
@@ -536,7 +550,7 @@ async fn receive_upload(
         tracing::info!(image = %cvi.name_any(), "the last upload was cut by the daemon's restart; waiting for it again");
         UPLOAD_INTERRUPTED_MESSAGE.to_string()
     } else {
-        "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".to_string()
+        waiting_for_upload_message(ctx.settings.upload_external_base.is_some())
     };
     loop {
         writer

@@ -26,7 +26,7 @@ pub const RESTARTED_MESSAGE: &str =
     "Restarted after the daemon restarted; fetching again from byte 0.";
 
 /// The message of an Upload image whose upload was cut by the daemon's death.
-pub const UPLOAD_INTERRUPTED_MESSAGE: &str = "The last upload was interrupted: the daemon restarted while it ran. Upload the image again to the same URL: `curl <status.imageUploadURLs.external> -T image.img`.";
+pub const UPLOAD_INTERRUPTED_MESSAGE: &str = "The last upload was interrupted: the daemon restarted while it ran. Upload the image again to the same URL (status.imageUploadURLs): `curl <url> -T image.img`.";
 
 /// Whether a previous daemon (or leader) was moving bytes of this spec when it stopped: the
 /// status describes this generation and says Provisioning, or Pending with upload URLs (an
