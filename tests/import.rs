@@ -10,13 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::cvi::{self, SUITE_LABEL, phase};
 use common::file_server::{Behavior, FileServer};
 use common::stored::{dvcr_has, read_back};
 use common::{TestEnv, testenv, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const SUITE_LABEL: &str = "image-catalog.test/suite";
 const SUITE: &str = "import";
 /// Short, so the test of the timeout does not wait long; the other upload tests upload at once.
 const UPLOAD_TIMEOUT: u64 = 20;
@@ -206,54 +206,16 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-fn cvi_manifest(name: &str, data_source: Value) -> String {
-    serde_json::json!({
-        "apiVersion": "virtualization.deckhouse.io/v1alpha2",
-        "kind": "ClusterVirtualImage",
-        "metadata": {"name": name, "labels": {SUITE_LABEL: SUITE}},
-        "spec": {"dataSource": data_source},
-    })
-    .to_string()
-}
-
 fn create(env: &TestEnv, name: &str, http: Value) {
     create_from(env, name, serde_json::json!({"type": "HTTP", "http": http}));
 }
 
 fn create_from(env: &TestEnv, name: &str, data_source: Value) {
-    let _ = env
-        .kubectl()
-        .args([
-            "delete",
-            "cvi",
-            name,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .output();
-    let output = env.kubectl_with_input(&["create", "-f", "-"], &cvi_manifest(name, data_source));
-    assert!(
-        output.status.success(),
-        "creating {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cvi::recreate(env, &cvi::manifest(SUITE, name, data_source));
 }
 
 fn get(env: &TestEnv, name: &str) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args(["get", "cvi", name, "-o", "json"])
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).unwrap())
-}
-
-fn phase(cvi: &Value) -> &str {
-    cvi["status"]["phase"].as_str().unwrap_or("")
+    cvi::get(env, name)
 }
 
 /// Waits until the image is Ready or Failed and returns it.

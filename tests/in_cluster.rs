@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::cvi::{SUITE_LABEL, phase, recreate};
 use common::file_server::{Behavior, FileServer};
 use common::git_server::{GitDaemon, TestRepo};
 use common::stored::read_back;
@@ -28,7 +29,6 @@ const NAMESPACE: &str = "image-catalog";
 const RELEASE: &str = "e2e";
 /// The chart's full name for this release: the Deployment, ServiceAccount and Lease.
 const FULLNAME: &str = "e2e-image-catalog";
-const SUITE_LABEL: &str = "image-catalog.test/suite";
 const SUITE: &str = "in-cluster";
 const PULL_SECRET: &str = "e2e-dvcr-pull";
 const CATALOG: &str = "e2e-catalog";
@@ -118,11 +118,7 @@ fn kubectl_json(env: &TestEnv, args: &[&str]) -> Option<Value> {
 }
 
 fn cvi(env: &TestEnv, name: &str) -> Option<Value> {
-    kubectl_json(env, &["get", "cvi", name])
-}
-
-fn phase(cvi: &Value) -> &str {
-    cvi["status"]["phase"].as_str().unwrap_or("")
+    common::cvi::get(env, name)
 }
 
 fn ready(env: &TestEnv, name: &str) -> Value {
@@ -138,12 +134,7 @@ fn ready(env: &TestEnv, name: &str) -> Value {
 fn create(env: &TestEnv, manifest: &Value) {
     let name = manifest["metadata"]["name"].as_str().unwrap();
     delete_image(env, name);
-    let out = env.kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    recreate(env, manifest);
 }
 
 /// Deletes an image; a leftover of an earlier run whose daemon is gone keeps a finalizer

@@ -18,13 +18,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cvi::{SUITE_LABEL, get, manifest, phase, recreate};
 use common::file_server::{Behavior, FileServer, write_random_file};
 use common::stored::read_back;
 use common::{TestEnv, testenv, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const SUITE_LABEL: &str = "image-catalog.test/suite";
 const UPLOAD_TOKEN_SHA256: &str = "imagecatalog.dev/upload-token-sha256";
 const RESTARTED: &str = "Restarted after the daemon restarted; fetching again from byte 0.";
 
@@ -192,45 +192,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 }
 
 fn create(env: &TestEnv, suite: &str, name: &str, data_source: Value) {
-    let _ = env
-        .kubectl()
-        .args([
-            "delete",
-            "cvi",
-            name,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .output();
-    let manifest = serde_json::json!({
-        "apiVersion": "virtualization.deckhouse.io/v1alpha2",
-        "kind": "ClusterVirtualImage",
-        "metadata": {"name": name, "labels": {SUITE_LABEL: suite}},
-        "spec": {"dataSource": data_source},
-    });
-    let output = env.kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
-    assert!(
-        output.status.success(),
-        "creating {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn get(env: &TestEnv, name: &str) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args(["get", "cvi", name, "-o", "json"])
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).unwrap())
-}
-
-fn phase(cvi: &Value) -> &str {
-    cvi["status"]["phase"].as_str().unwrap_or("")
+    recreate(env, &manifest(suite, name, data_source));
 }
 
 fn ready_message(cvi: &Value) -> String {

@@ -1,0 +1,59 @@
+//! ClusterVirtualImages as tests make and read them, through kubectl.
+
+use serde_json::Value;
+
+use super::TestEnv;
+
+/// The label every suite puts on its images, so that its daemon handles only those.
+pub const SUITE_LABEL: &str = "image-catalog.test/suite";
+
+/// A CVI of `suite` with this data source.
+pub fn manifest(suite: &str, name: &str, data_source: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "virtualization.deckhouse.io/v1alpha2",
+        "kind": "ClusterVirtualImage",
+        "metadata": {"name": name, "labels": {SUITE_LABEL: suite}},
+        "spec": {"dataSource": data_source},
+    })
+}
+
+/// Creates the image, deleting first what an earlier run left under its name.
+pub fn recreate(env: &TestEnv, manifest: &Value) {
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .expect("a named manifest");
+    let _ = env
+        .kubectl()
+        .args([
+            "delete",
+            "cvi",
+            name,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .output();
+    let output = env.kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
+    assert!(
+        output.status.success(),
+        "creating {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The image as the apiserver has it, or None when there is none.
+pub fn get(env: &TestEnv, name: &str) -> Option<Value> {
+    let output = env
+        .kubectl()
+        .args(["get", "cvi", name, "-o", "json"])
+        .output()
+        .expect("kubectl runs");
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).expect("kubectl prints JSON"))
+}
+
+pub fn phase(cvi: &Value) -> &str {
+    cvi["status"]["phase"].as_str().unwrap_or("")
+}
