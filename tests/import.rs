@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::cvi::{self, SUITE_LABEL, phase};
 use common::file_server::{Behavior, FileServer};
 use common::stored::{dvcr_has, read_back};
-use common::{TestEnv, testenv, wait_for};
+use common::{TestEnv, curl_upload, testenv, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -842,19 +842,6 @@ fn upload_image(name: &str) -> Value {
             })
         },
     )
-}
-
-fn curl_upload(url: &str, file: &Path, extra: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-T"])
-        .arg(file)
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 #[test]

@@ -32,6 +32,17 @@ const FULLNAME: &str = "e2e-image-catalog";
 const SUITE: &str = "in-cluster";
 const PULL_SECRET: &str = "e2e-dvcr-pull";
 const CATALOG: &str = "e2e-catalog";
+/// The images the test makes before the upgrade, all Ready after it.
+const IMAGES: [&str; 8] = [
+    "e2e-ubuntu-22.04",
+    "e2e-slackware-15",
+    "e2e-ubuntu-copy",
+    "e2e-catalog-image",
+    "e2e-takeover-a",
+    "e2e-takeover-b",
+    "e2e-takeover-c",
+    "e2e-some-image",
+];
 
 /// Deletes the test's catalog (its images are deleted with it: the catalog prunes them).
 fn delete_catalog(env: &TestEnv) {
@@ -425,15 +436,7 @@ fn prepare(env: &TestEnv) {
         delete_image(env, image["metadata"]["name"].as_str().unwrap());
     }
     // The namespace as a security-minded user runs it.
-    let namespace = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
-    );
-    let out = env.kubectl_with_input(&["apply", "-f", "-"], &namespace);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.restricted_namespace(NAMESPACE);
     let _ = env
         .kubectl()
         .args([
@@ -701,16 +704,7 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
         .as_str()
         .unwrap();
     assert!(image_ref.ends_with(&new_digest), "{image_ref}");
-    for name in [
-        "e2e-ubuntu-22.04",
-        "e2e-slackware-15",
-        "e2e-ubuntu-copy",
-        "e2e-catalog-image",
-        "e2e-takeover-a",
-        "e2e-takeover-b",
-        "e2e-takeover-c",
-        "e2e-some-image",
-    ] {
+    for name in IMAGES {
         assert_eq!(
             phase(&cvi(&env, name).unwrap()),
             "Ready",
@@ -746,17 +740,7 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
     );
     assert!(refused.is_empty(), "the chart's RBAC refused: {refused:?}");
 
-    for name in [
-        "e2e-ubuntu-22.04",
-        "e2e-slackware-15",
-        "e2e-ubuntu-copy",
-        "e2e-catalog-image",
-        "e2e-takeover-a",
-        "e2e-takeover-b",
-        "e2e-takeover-c",
-        "e2e-some-image",
-        "e2e-after-upgrade",
-    ] {
+    for name in IMAGES.iter().chain(&["e2e-after-upgrade"]) {
         delete_image(&env, name);
     }
     delete_catalog(&env);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::cvi::{SUITE_LABEL, get, manifest, phase, recreate};
 use common::file_server::{Behavior, FileServer, write_random_file};
 use common::stored::read_back;
-use common::{TestEnv, testenv, wait_for};
+use common::{TestEnv, curl_upload, testenv, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -238,18 +238,6 @@ fn waiting_for_upload(env: &TestEnv, name: &str) -> Value {
     )
 }
 
-fn curl_upload(url: &str, file: &Path) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-T"])
-        .arg(file)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -360,17 +348,17 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
 
     // A wrong token learns nothing, before or after.
     let base = waiting_url.rsplit_once('/').unwrap().0;
-    let (code, body) = curl_upload(&format!("{base}/{}", "0".repeat(64)), &small);
+    let (code, body) = curl_upload(&format!("{base}/{}", "0".repeat(64)), &small, &[]);
     assert_eq!(
         (code, body.trim()),
         (404, ""),
         "a wrong token gets a bare 404"
     );
 
-    let (code, body) = curl_upload(&waiting_url, &small);
+    let (code, body) = curl_upload(&waiting_url, &small, &[]);
     assert_eq!(code, 201, "{body}");
     assert_ready_with(env, "restart-waiting", &small);
-    let (code, body) = curl_upload(&cut_url, &big);
+    let (code, body) = curl_upload(&cut_url, &big, &[]);
     assert_eq!(code, 201, "{body}");
     assert_ready_with(env, "restart-cut-upload", &big);
     drop(second);

@@ -11,23 +11,16 @@ use common::{node_testenv, repo_root, wait_for};
 
 const NAMESPACE: &str = "testenv-node";
 
-/// A Pod Security `restricted` namespace, as the chart's namespace is.
-fn restricted_namespace(env: &common::TestEnv) {
-    let manifest = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
-    );
-    let out = env.kubectl_with_input(&["apply", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// What a command prints on stdout.
+fn stdout(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap();
+    String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]
 fn a_pod_pulls_its_image_from_dvcr_and_runs_on_the_pod_network_and_down_removes_the_node() {
     let env = node_testenv();
-    restricted_namespace(&env);
+    env.restricted_namespace(NAMESPACE);
 
     // The pause image, pushed to DVCR under the node address the way a user's image is.
     let node_registry = env.var("TESTENV_NODE_DVCR_REGISTRY").to_string();
@@ -149,30 +142,15 @@ spec:
     );
     let state = repo_root().join(".testenv/node");
     assert!(!state.exists(), "{} is left", state.display());
-    let links = String::from_utf8(
-        Command::new("ip")
-            .args(["-br", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let links = stdout("ip", &["-br", "link"]);
     assert!(!links.contains("ictest"), "a bridge is left: {links}");
-    let routes =
-        String::from_utf8(Command::new("ip").args(["route"]).output().unwrap().stdout).unwrap();
+    let routes = stdout("ip", &["route"]);
     assert!(
         !routes.contains("10.96.0.0/16") && !routes.contains("10.244."),
         "routes are left: {routes}"
     );
     for table in ["filter", "nat", "mangle"] {
-        let rules = String::from_utf8(
-            Command::new("iptables")
-                .args(["-t", table, "-S"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
+        let rules = stdout("iptables", &["-t", table, "-S"]);
         assert!(
             !rules.contains("KUBE-"),
             "iptables {table} keeps KUBE- chains:\n{rules}"
@@ -188,28 +166,14 @@ spec:
         !mounts.contains(&state.to_string_lossy().into_owned()),
         "mounts are left"
     );
-    let netns = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let netns = stdout("ip", &["netns", "list"]);
     assert!(
         !netns.contains("cni-"),
         "pod network namespaces are left: {netns}"
     );
     for line in saved.lines() {
         let (name, value) = line.split_once('=').unwrap();
-        let now = String::from_utf8(
-            Command::new("sysctl")
-                .args(["-n", name])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
+        let now = stdout("sysctl", &["-n", name]);
         assert_eq!(now.trim(), value, "{name} was not put back");
     }
     assert!(

@@ -170,6 +170,36 @@ pub fn unique_lease(suite: &str) -> String {
     )
 }
 
+impl TestEnv {
+    /// Creates (or updates) a namespace that enforces Pod Security `restricted`, as the
+    /// chart's namespace is run.
+    pub fn restricted_namespace(&self, name: &str) {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+        );
+        let out = self.kubectl_with_input(&["apply", "-f", "-"], &manifest);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `curl -T file url` as the documentation tells users to upload: (status code, body).
+pub fn curl_upload(url: &str, file: &Path, extra: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-T"])
+        .arg(file)
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// Polls `probe` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
