@@ -16,8 +16,9 @@ pub const IMAGE_LIST_KIND: &str = "ImageList";
 pub const CVI_API_VERSION: &str = "virtualization.deckhouse.io/v1alpha2";
 pub const CVI_KIND: &str = "ClusterVirtualImage";
 
-/// Image names: Kubernetes names without dots (DVCR paths and labels use them).
-pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Image names: what a ClusterVirtualImage's name may be, a DNS subdomain (`ubuntu-22.04`),
+/// which is also a valid DVCR path component.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 pub const NAME_MAX_LENGTH: usize = 128;
 
 /// A list of images: the usual catalog document.
@@ -41,7 +42,9 @@ pub struct ImageList {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CatalogEntry {
-    /// The name of the ClusterVirtualImage: lowercase letters, digits and `-`, no dots.
+    /// The name of the ClusterVirtualImage: a DNS subdomain of lowercase letters, digits,
+    /// `-` and `.` (`ubuntu-22.04`), each dot-separated part beginning and ending with a
+    /// letter or digit.
     #[schemars(length(min = 1, max = 128), regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// Where the image comes from, exactly as in a ClusterVirtualImage's

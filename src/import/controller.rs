@@ -296,7 +296,7 @@ async fn cleanup(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Act
 
 /// The DVCR repository of a ClusterVirtualImage.
 pub fn repository(cvi: &ClusterVirtualImage) -> String {
-    format!("cvi/{}", cvi.name_any())
+    crate::dvcr::layout::cvi_repository(&cvi.name_any())
 }
 
 /// One import of one generation of one image, from the queue to Ready or Failed.
