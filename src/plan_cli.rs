@@ -44,7 +44,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
         Some(path) => {
             let files = crate::catalog::read_local(path)
                 .with_context(|| format!("reading catalog files under {}", path.display()))?;
-            (format!("local files under {}", path.display()), files)
+            (format!("local files under {}", path.display()), Ok(files))
         }
         None => {
             let cache = tempfile::tempdir().context("creating a folder for the Git fetch")?;
@@ -61,7 +61,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
                         catalog.spec.git.reference.describe(),
                         source::redact(&catalog.spec.git.url)
                     ),
-                    fetched.files.unwrap_or_default(),
+                    fetched.files.unwrap_or(Ok(Vec::new())),
                 ),
                 Err(Outcome::FetchFailed { reason, message }) => bail!("{reason}: {message}"),
                 Err(_) => bail!("the Git fetch failed"),
@@ -69,7 +69,10 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
         }
     };
     println!("Plan of ImageCatalog {} at {revision}:", args.catalog);
-    let images = match source::load(&catalog.spec.git.path, &files) {
+    let loaded = files
+        .map_err(|problem| vec![problem])
+        .and_then(|files| source::load(&catalog.spec.git.path, &files));
+    let images = match loaded {
         Ok(images) => images,
         Err(problems) => {
             for problem in &problems {

@@ -205,34 +205,39 @@ fn wait_for_phase(name: &str, wanted: &str) {
 
 /// A push webhook as GitHub sends it, signed with `secret`.
 fn push_webhook(catalog: &str, secret: &str) -> u16 {
-    let body = br#"{"ref":"refs/heads/main"}"#;
+    post_webhook(catalog, secret, br#"{"ref":"refs/heads/main"}"#).0
+}
+
+/// POSTs `body` signed with `secret` as a GitHub push; the status code and the answer.
+fn post_webhook(catalog: &str, secret: &str, body: &[u8]) -> (u16, String) {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
     let signature = hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, body).unwrap();
     let out = Command::new("curl")
         .args([
             "-sS",
             "--noproxy",
             "*",
-            "-o",
-            "/dev/null",
             "-w",
-            "%{http_code}",
+            "\n%{http_code}",
             "-X",
             "POST",
         ])
         .args(["-H", "X-GitHub-Event: push"])
         .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
-        .args(["--data-binary", std::str::from_utf8(body).unwrap()])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
         .arg(format!(
             "http://127.0.0.1:{}/hooks/{catalog}",
             world().webhook_port
         ))
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), answer.to_string())
 }
 
 fn metric(name: &str, catalog: &str) -> f64 {
@@ -492,6 +497,109 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
     assert!(text.contains("images/b.yaml:2:11"), "{text}");
 }
 
+/// An alias bomb of 10^9 nodes in under a kilobyte.
+fn alias_bomb() -> String {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..9 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    text
+}
+
+#[test]
+fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_one() {
+    let _cleanup = Cleanup::fresh("cat-hostile");
+    let repo = TestRepo::new();
+    let good = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-hostile-a", "disk.qcow2")]),
+        )],
+        "one image",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    let url = remote.url(TestRepo::NAME);
+    apply_catalog(
+        "cat-hostile",
+        &url,
+        "  commitStatus: {provider: GitNotes}\n",
+    );
+    wait_for_phase("cat-hostile-a", "Ready");
+
+    // Each of these took the daemon's memory (and so its life, at every restart) before.
+    let deep = "- ".repeat(12_000) + "x\n";
+    let bomb = alias_bomb();
+    let hostile = repo.commit(
+        &[("images/bomb.yaml", &bomb), ("images/deep.yaml", &deep)],
+        "an alias bomb and a deep nest",
+    );
+    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
+    let status = wait_for_catalog("cat-hostile", "the hostile commit to be refused", |c| {
+        c["status"]["lastAttemptedRevision"] == hostile.as_str()
+    });
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["reason"],
+        "ValidationFailed"
+    );
+    let problems = status["status"]["problems"].to_string();
+    assert!(
+        problems.contains("images/bomb.yaml:") && problems.contains("more than 1000000 YAML nodes"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("images/deep.yaml:1:129: mappings and sequences nest deeper than 64"),
+        "{problems}"
+    );
+    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    let text = wait_for("the failure note", TIMEOUT, || {
+        note(&url, &hostile).filter(|t| t.contains("image-catalog/cat-hostile: failure"))
+    });
+    assert!(text.contains("images/deep.yaml:1:129"), "{text}");
+
+    let huge = "# padding\n".repeat(500_000);
+    let too_large = repo.commit(
+        &[
+            ("images/bomb.yaml", ""),
+            ("images/deep.yaml", ""),
+            ("images/huge.yaml", &huge),
+        ],
+        "a 5 MB file",
+    );
+    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
+    let status = wait_for_catalog("cat-hostile", "the too large commit to be refused", |c| {
+        c["status"]["lastAttemptedRevision"] == too_large.as_str()
+    });
+    let problems = status["status"]["problems"].to_string();
+    assert!(
+        problems.contains("images/huge.yaml:1:1: the file has 5000000 bytes, more than the 4 MiB"),
+        "{problems}"
+    );
+    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    assert_eq!(phase("cat-hostile-a").as_deref(), Some("Ready"));
+
+    // The same daemon applies the next good commit.
+    let fixed = repo.commit(
+        &[
+            ("images/huge.yaml", ""),
+            (
+                "images/a.yaml",
+                &catalog_file(&[
+                    ("cat-hostile-a", "disk.qcow2"),
+                    ("cat-hostile-b", "other.raw"),
+                ]),
+            ),
+        ],
+        "back to a catalog",
+    );
+    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
+    wait_for_phase("cat-hostile-b", "Ready");
+    wait_for_catalog("cat-hostile", "the good commit applied and Ready", |c| {
+        c["status"]["lastAppliedRevision"] == fixed.as_str()
+            && condition(c, "Ready").is_some_and(|r| r["status"] == "True")
+    });
+}
+
 #[test]
 fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recreate() {
     let _cleanup = Cleanup::fresh("cat-ready");
@@ -626,8 +734,18 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
         "one more",
     );
     let syncs = metric("image_catalog_catalog_syncs_total", "cat-hook");
-    assert_eq!(push_webhook("cat-hook", "wrong-secret"), 401);
-    assert_eq!(push_webhook("no-such-catalog", WEBHOOK_SECRET), 404);
+    // One answer for every refusal: a caller cannot tell which catalogs exist.
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let wrong_secret = post_webhook("cat-hook", "wrong-secret", body);
+    assert_eq!(wrong_secret.0, 403);
+    for refused in [
+        post_webhook("no-such-catalog", WEBHOOK_SECRET, body),
+        post_webhook("Bad_Name", WEBHOOK_SECRET, body),
+        post_webhook("..%2F..%2Fapi", WEBHOOK_SECRET, body),
+        post_webhook("cat-hook", WEBHOOK_SECRET, &vec![b' '; (1 << 20) + 1]),
+    ] {
+        assert_eq!(refused, wrong_secret);
+    }
     // The refusal is decided before any sync is queued; the interval is an hour, so
     // nothing else looks at Git either.
     assert_eq!(
@@ -645,6 +763,55 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
         c["status"]["lastAppliedRevision"] == second.as_str()
     });
     assert!(get("cvi", "cat-hook-b").is_some());
+}
+
+/// Writes `request` to the webhook port and reads until the daemon closes the connection;
+/// what it answered.
+fn hold_webhook_connection(request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", world().webhook_port)).unwrap();
+    stream.write_all(request).unwrap();
+    // Far longer than the daemon's limits (10 s), so only the daemon ends the wait.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the daemon closes the connection itself");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_webhook_endpoint_closes_on_clients_that_never_finish_their_headers_or_body() {
+    let _ = world();
+    let headers = std::thread::spawn(|| {
+        hold_webhook_connection(b"POST /hooks/x HTTP/1.1\r\nHost: x\r\nX-GitHub-Ev")
+    });
+    let body = std::thread::spawn(|| {
+        hold_webhook_connection(
+            format!(
+                "POST /hooks/cat-slow HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n\
+                 X-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n{{\"ref\"",
+                "00".repeat(32)
+            )
+            .as_bytes(),
+        )
+    });
+    let _cleanup = Cleanup::fresh("cat-slow");
+    apply_catalog(
+        "cat-slow",
+        "git://127.0.0.1:9/none.git",
+        "  suspend: true\n",
+    );
+    let headers = headers.join().unwrap();
+    assert!(
+        headers.is_empty() || headers.starts_with("HTTP/1.1 408"),
+        "{headers:?}"
+    );
+    let body = body.join().unwrap();
+    // Refused like any call: the catalog exists only while this test runs.
+    assert!(body.starts_with("HTTP/1.1 403"), "{body:?}");
 }
 
 #[test]

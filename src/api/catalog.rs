@@ -62,8 +62,9 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 pub struct ImageCatalogSpec {
     /// The Git repository, the revision to follow and the folder holding the catalog files.
     pub git: GitSource,
-    /// How often to look for new commits, for example `1m` or `1h`. Webhooks trigger a sync at
-    /// once in between.
+    /// How often to look for new commits, for example `1m` or `1h`, between 10s and 168h
+    /// (shorter or longer values are read as those bounds). Webhooks trigger a sync at once
+    /// in between.
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: String,

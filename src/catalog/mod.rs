@@ -3,6 +3,7 @@
 //! `image-catalog plan` and the daemon, so all three judge a commit the same way.
 
 pub mod document;
+pub mod limits;
 pub mod positions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,8 +80,9 @@ pub struct CatalogImage {
 pub fn load(files: &[SourceFile]) -> Result<Vec<CatalogImage>, Vec<Problem>> {
     let mut images = Vec::new();
     let mut problems = Vec::new();
+    let mut node_budget = limits::MAX_NODES;
     for file in files {
-        load_file(file, &mut images, &mut problems);
+        load_file(file, &mut node_budget, &mut images, &mut problems);
     }
     let mut first_place: HashMap<&str, &Location> = HashMap::new();
     for image in &images {
@@ -105,7 +107,12 @@ pub fn load(files: &[SourceFile]) -> Result<Vec<CatalogImage>, Vec<Problem>> {
     }
 }
 
-fn load_file(file: &SourceFile, images: &mut Vec<CatalogImage>, problems: &mut Vec<Problem>) {
+fn load_file(
+    file: &SourceFile,
+    node_budget: &mut usize,
+    images: &mut Vec<CatalogImage>,
+    problems: &mut Vec<Problem>,
+) {
     let at = |position: Position, message: String| Problem {
         location: Location::new(&file.path, position),
         message,
@@ -120,6 +127,11 @@ fn load_file(file: &SourceFile, images: &mut Vec<CatalogImage>, problems: &mut V
             return;
         }
     };
+    // Before anything that holds the file's nodes in memory.
+    if let Err(exceeded) = limits::check(text, node_budget) {
+        problems.push(at(exceeded.position, exceeded.message));
+        return;
+    }
     let positions = positions::index(text);
     let empty = DocumentPositions::default();
     for (number, document) in serde_yaml::Deserializer::from_str(text).enumerate() {

@@ -20,6 +20,8 @@ use git2::{
 
 use known_hosts::HostKeyCheck;
 
+use crate::catalog::limits::MAX_FILE_BYTES;
+
 /// The revision a catalog follows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GitReference {
@@ -86,8 +88,9 @@ pub enum GitError {
     RepositoryNotFound(String),
     #[error("the server cannot be reached: {0}")]
     Unreachable(String),
-    #[error("{0}")]
-    CatalogTooLarge(String),
+    /// Too large to read: `path` is the file (or folder) that passed a limit.
+    #[error("{message}")]
+    CatalogTooLarge { path: String, message: String },
     #[error("the push was refused: {0}")]
     PushRejected(String),
     #[error("{0}")]
@@ -107,7 +110,7 @@ impl GitError {
             Self::ReferenceNotFound(_) => "GitReferenceNotFound",
             Self::RepositoryNotFound(_) => "GitRepositoryNotFound",
             Self::Unreachable(_) => "GitUnreachable",
-            Self::CatalogTooLarge(_) => "GitCatalogTooLarge",
+            Self::CatalogTooLarge { .. } => "GitCatalogTooLarge",
             Self::PushRejected(_) => "GitPushRejected",
             Self::Other(_) => "GitError",
         }
@@ -186,6 +189,8 @@ const FETCHED_REF: &str = "refs/image-catalog/fetched";
 
 /// The largest catalog read from a commit: files are held in memory while validated.
 const MAX_CATALOG_BYTES: usize = 64 << 20;
+/// The most files a catalog may have.
+const MAX_CATALOG_FILES: usize = 10_000;
 
 /// Fetches `reference` of `url` into the bare repository at `cache_dir` (created when
 /// missing) and returns the commit it names. Shallow where the server supports it.
@@ -561,12 +566,11 @@ pub fn read_files(
                 Ok(tree) => tree,
                 // The path names one file: the catalog is that file.
                 Err(object) => {
-                    return match object.as_blob() {
-                        Some(blob) if is_catalog_file(&prefix) => {
-                            Ok(vec![(prefix.clone(), blob.content().to_vec())])
-                        }
-                        _ => Ok(Vec::new()),
-                    };
+                    if object.kind() != Some(git2::ObjectType::Blob) || !is_catalog_file(&prefix) {
+                        return Ok(Vec::new());
+                    }
+                    let content = Budget::default().read(&repo, object.id(), &prefix, &other)?;
+                    return Ok(vec![(prefix.clone(), content)]);
                 }
             },
             Err(error) if error.code() == ErrorCode::NotFound => return Ok(Vec::new()),
@@ -574,7 +578,7 @@ pub fn read_files(
         }
     };
     let mut files = Vec::new();
-    let mut total = 0usize;
+    let mut budget = Budget::default();
     let mut failure = None;
     tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
         if entry.filemode() != i32::from(git2::FileMode::Blob)
@@ -593,21 +597,13 @@ pub fn read_files(
         if !is_catalog_file(&relative) {
             return git2::TreeWalkResult::Ok;
         }
-        match repo.find_blob(entry.id()) {
-            Ok(blob) => {
-                total += blob.size();
-                if total > MAX_CATALOG_BYTES {
-                    failure = Some(GitError::CatalogTooLarge(format!(
-                        "the catalog files under {path} are larger than {} MiB; split the catalog",
-                        MAX_CATALOG_BYTES >> 20
-                    )));
-                    return git2::TreeWalkResult::Abort;
-                }
-                files.push((relative, blob.content().to_vec()));
+        match budget.read(&repo, entry.id(), &relative, &other) {
+            Ok(content) => {
+                files.push((relative, content));
                 git2::TreeWalkResult::Ok
             }
             Err(error) => {
-                failure = Some(other(error));
+                failure = Some(error);
                 git2::TreeWalkResult::Abort
             }
         }
@@ -618,6 +614,60 @@ pub fn read_files(
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
+}
+
+/// What a commit's catalog may hold, checked from each object's header before its blob is
+/// loaded, so a hostile commit costs no memory.
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// The content of the blob `id` at `path`, if it fits.
+    fn read(
+        &mut self,
+        repo: &Repository,
+        id: git2::Oid,
+        path: &str,
+        failed: &dyn Fn(git2::Error) -> GitError,
+    ) -> Result<Vec<u8>, GitError> {
+        self.files += 1;
+        if self.files > MAX_CATALOG_FILES {
+            return Err(GitError::CatalogTooLarge {
+                path: path.to_string(),
+                message: format!(
+                    "the catalog has more than {MAX_CATALOG_FILES} files; split it across catalogs"
+                ),
+            });
+        }
+        let (size, _) = repo
+            .odb()
+            .and_then(|odb| odb.read_header(id))
+            .map_err(failed)?;
+        if size > MAX_FILE_BYTES {
+            return Err(GitError::CatalogTooLarge {
+                path: path.to_string(),
+                message: format!(
+                    "the file has {size} bytes, more than the {} MiB a catalog file may have; split it into several files",
+                    MAX_FILE_BYTES >> 20
+                ),
+            });
+        }
+        self.bytes += size;
+        if self.bytes > MAX_CATALOG_BYTES {
+            return Err(GitError::CatalogTooLarge {
+                path: path.to_string(),
+                message: format!(
+                    "with this file the catalog files are larger than {} MiB together; split the catalog",
+                    MAX_CATALOG_BYTES >> 20
+                ),
+            });
+        }
+        let blob = repo.find_blob(id).map_err(failed)?;
+        Ok(blob.content().to_vec())
+    }
 }
 
 fn is_catalog_file(path: &str) -> bool {

@@ -279,3 +279,26 @@ fn a_server_certificate_signed_by_the_secrets_ca_is_accepted_and_others_are_not(
         .unwrap();
     assert!(verify_with_ca(leaf.der(), "git.example.com", stranger.pem().as_bytes()).is_err());
 }
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_before_it_is_loaded_and_named() {
+    let remote = Remote::new();
+    let big = "#".repeat(crate::catalog::limits::MAX_FILE_BYTES + 1);
+    let commit = remote.commit(&[
+        ("images/a.yaml", "a: 1\n"),
+        ("images/big.yaml", big.as_str()),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().join("cat");
+    let branch = GitReference::Branch("main".into());
+    fetch(&cache, &remote.url(), &branch, &GitCredentials::default()).unwrap();
+    for path in ["images", "images/big.yaml"] {
+        match read_files(&cache, &commit, path) {
+            Err(GitError::CatalogTooLarge { path, message }) => {
+                assert_eq!(path, "images/big.yaml");
+                assert!(message.contains("more than the 4 MiB"), "{message}");
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+}

@@ -220,8 +220,19 @@ async fn cleanup(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::await_change())
 }
 
+/// Polls at most this often, and at least this often (a longer interval is read as this:
+/// the CRD's pattern admits `99999999999999999999h`, which no timer can hold).
+const MIN_INTERVAL: Duration = Duration::from_secs(10);
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn interval_of(catalog: &ImageCatalog) -> Duration {
-    parse_duration(&catalog.spec.interval).unwrap_or(Duration::from_secs(300))
+    poll_interval(&catalog.spec.interval)
+}
+
+fn poll_interval(text: &str) -> Duration {
+    parse_duration(text)
+        .unwrap_or(Duration::from_secs(300))
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// `1h30m`, `90s`, `500ms`: the Kubernetes duration strings the CRD's pattern admits.
@@ -247,7 +258,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             'm' => 60.0,
             _ => return None,
         };
-        total += Duration::from_secs_f64(value * unit);
+        // Saturates instead of panicking on values no Duration holds.
+        let part = Duration::try_from_secs_f64(value * unit).unwrap_or(Duration::MAX);
+        total = total.saturating_add(part);
         any = true;
     }
     (any && number.is_empty()).then_some(total)
@@ -256,7 +269,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let name = catalog.name_any();
-    let interval = interval_of(&catalog).max(Duration::from_secs(10));
+    let interval = interval_of(&catalog);
     let writes = Writes::default();
     let (outcome, requeue) = if catalog.spec.suspend {
         (Outcome::Suspended, interval)
@@ -354,7 +367,8 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
     )
     .await?;
     let loaded = match (fetched.files, same_spec) {
-        (Some(files), _) => Arc::new(super::source::load(&catalog.spec.git.path, &files)),
+        (Some(Ok(files)), _) => Arc::new(super::source::load(&catalog.spec.git.path, &files)),
+        (Some(Err(problem)), _) => Arc::new(Err(vec![problem])),
         (None, Some(memory)) => memory.loaded.clone(),
         (None, None) => Arc::new(Ok(Vec::new())),
     };
@@ -380,7 +394,7 @@ async fn apply_commit(
     writes: &Writes,
 ) -> (Outcome, Duration) {
     let name = catalog.name_any();
-    let interval = interval_of(catalog).max(Duration::from_secs(10));
+    let interval = interval_of(catalog);
     let commit = memory.commit.clone();
     let images = match memory.loaded.as_ref() {
         Err(problems) => {
@@ -740,5 +754,18 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5d"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(
+            parse_duration("99999999999999999999h"),
+            Some(Duration::MAX),
+            "saturates rather than panicking"
+        );
+        assert_eq!(parse_duration("1e400s"), None, "not the CRD's pattern");
+    }
+
+    #[test]
+    fn poll_intervals_stay_within_what_a_timer_holds() {
+        assert_eq!(poll_interval("99999999999999999999h"), MAX_INTERVAL);
+        assert_eq!(poll_interval("1ms"), MIN_INTERVAL);
+        assert_eq!(poll_interval("90s"), Duration::from_secs(90));
     }
 }

@@ -56,8 +56,9 @@ pub async fn read_secret(
 
 pub struct Fetched {
     pub commit: String,
-    /// None when the commit is `known_commit`: nothing to read again.
-    pub files: Option<Vec<SourceFile>>,
+    /// The commit's catalog files, or the one problem that kept them from being read (too
+    /// large). None when the commit is `known_commit`: nothing to read again.
+    pub files: Option<Result<Vec<SourceFile>, Problem>>,
 }
 
 /// Fetches the catalog's revision into `cache` and reads its files, unless the commit is
@@ -95,10 +96,22 @@ pub async fn fetch(
                 files: None,
             });
         }
-        let files = git::read_files(&cache, &fetched.commit, &path)?
-            .into_iter()
-            .map(|(path, content)| SourceFile { path, content })
-            .collect();
+        let files = match git::read_files(&cache, &fetched.commit, &path) {
+            Ok(files) => Ok(files
+                .into_iter()
+                .map(|(path, content)| SourceFile { path, content })
+                .collect()),
+            // A property of the commit, reported on it like any other problem of its files.
+            Err(git::GitError::CatalogTooLarge { path, message }) => Err(Problem {
+                location: Location {
+                    file: path,
+                    line: 1,
+                    column: 1,
+                },
+                message,
+            }),
+            Err(error) => return Err(error),
+        };
         Ok::<_, git::GitError>(Fetched {
             commit: fetched.commit,
             files: Some(files),
