@@ -186,7 +186,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let metrics_addr = args.metrics_addr;
     parts.spawn(async move {
-        server::serve(metrics_addr, router)
+        server::serve(metrics_addr, router, server::Limits::default())
             .await
             .with_context(|| format!("serving metrics on {metrics_addr}"))
     });
@@ -522,7 +522,7 @@ fn start_leader_parts(
         );
         let webhook_addr = args.webhook_addr;
         parts.spawn(async move {
-            server::serve(webhook_addr, hooks)
+            server::serve(webhook_addr, hooks, server::Limits::default())
                 .await
                 .with_context(|| format!("serving webhooks on {webhook_addr}"))
         });
@@ -562,7 +562,7 @@ fn start_leader_parts(
         let upload_addr = args.upload_addr;
         let upload_router = uploads.clone().router();
         parts.spawn(async move {
-            server::serve(upload_addr, upload_router)
+            server::serve(upload_addr, upload_router, server::Limits::default())
                 .await
                 .with_context(|| format!("serving uploads on {upload_addr}"))
         });

@@ -3,21 +3,29 @@
 //! at once; anything else changes nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use tokio::sync::Semaphore;
 
 use super::controller::SyncTrigger;
 use crate::api::catalog::ImageCatalog;
 use crate::metrics::{Metrics, ReasonLabel};
 
-/// Forges send up to 25 MiB (GitHub); a push of a catalog is far smaller.
-const MAX_BODY: usize = 25 << 20;
+/// The largest body read. Forges send up to 25 MiB (GitHub), but a push to a catalog
+/// repository is a few KiB; a larger body is refused (the periodic sync still sees the push).
+pub const MAX_BODY: usize = 1 << 20;
+/// The whole body must arrive within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls checked at once; more get 503 and the forge retries. Each costs two API reads.
+const MAX_CONCURRENT_CALLS: usize = 16;
 
 /// What a verified call asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +38,8 @@ pub enum HookEvent {
     Other(String),
 }
 
+/// Why a call was refused. The caller only ever learns that it was (one answer for every
+/// reason, so calls cannot probe which catalogs exist); the log and the metric say which.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookError {
     #[error(
@@ -38,10 +48,43 @@ pub enum HookError {
     Unsigned,
     #[error("the signature or token does not match the webhook secret")]
     BadSignature,
+    #[error("the path names no ImageCatalog that could exist")]
+    InvalidName,
+    #[error("there is no such ImageCatalog")]
+    UnknownCatalog,
+    #[error("the ImageCatalog has no spec.webhook.secretRef: webhooks are off for it")]
+    NotConfigured,
+    #[error("the webhook Secret is missing or has no `token` key")]
+    SecretMissing,
+    #[error("the body is larger than {} KiB", MAX_BODY >> 10)]
+    BodyTooLarge,
+    #[error("the body did not arrive within {} s, or broke off", BODY_TIMEOUT.as_secs())]
+    BodyIncomplete,
 }
 
-/// Checks a webhook call against `secret` and says what it asks for. Pure.
-pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<HookEvent, HookError> {
+impl HookError {
+    /// The metric label.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unsigned | Self::BadSignature => "bad_signature",
+            Self::InvalidName | Self::UnknownCatalog => "unknown_catalog",
+            Self::NotConfigured | Self::SecretMissing => "not_configured",
+            Self::BodyTooLarge | Self::BodyIncomplete => "bad_body",
+        }
+    }
+}
+
+/// How a call proves it knows the secret, read from its headers alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// GitLab: the secret itself.
+    Token(String),
+    /// GitHub, Gitea, Forgejo: HMAC-SHA256 of the body (not hex-decodable: never matches).
+    Hmac(Option<Vec<u8>>),
+}
+
+/// The proof a call carries, and the event it announces. Pure.
+pub fn read_headers(headers: &HeaderMap) -> Result<(Proof, HookEvent), HookError> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -52,31 +95,104 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<HookEve
         .or_else(|| header("X-Gitea-Event"))
         .or_else(|| header("X-Forgejo-Event"))
         .or_else(|| header("X-Gitlab-Event"))
-        .unwrap_or_default()
-        .to_string();
-    if let Some(token) = header("X-Gitlab-Token") {
-        if !equal_in_constant_time(token.as_bytes(), secret) {
-            return Err(HookError::BadSignature);
-        }
-    } else {
-        let signature = header("X-Hub-Signature-256")
-            .and_then(|value| value.strip_prefix("sha256="))
-            .or_else(|| header("X-Gitea-Signature"))
-            .or_else(|| header("X-Forgejo-Signature"))
-            .ok_or(HookError::Unsigned)?;
-        let signature = hex::decode(signature).map_err(|_| HookError::BadSignature)?;
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-        aws_lc_rs::hmac::verify(&key, body, &signature).map_err(|_| HookError::BadSignature)?;
-    }
-    Ok(match event.as_str() {
+        .unwrap_or_default();
+    let event = match event {
         "push" | "Push Hook" | "Tag Push Hook" | "create" => HookEvent::Push,
         "ping" | "System Hook" => HookEvent::Ping,
-        _ => HookEvent::Other(event),
-    })
+        _ => HookEvent::Other(event.to_string()),
+    };
+    let proof = match header("X-Gitlab-Token") {
+        Some(token) => Proof::Token(token.to_string()),
+        None => {
+            let signature = header("X-Hub-Signature-256")
+                .and_then(|value| value.strip_prefix("sha256="))
+                .or_else(|| header("X-Gitea-Signature"))
+                .or_else(|| header("X-Forgejo-Signature"))
+                .ok_or(HookError::Unsigned)?;
+            Proof::Hmac(hex::decode(signature).ok())
+        }
+    };
+    Ok((proof, event))
+}
+
+/// Checks a proof against `secret` while the body streams through: the body is never held.
+pub struct BodyCheck {
+    hmac: Option<(aws_lc_rs::hmac::Context, Option<Vec<u8>>)>,
+    token_matches: bool,
+    length: usize,
+}
+
+impl BodyCheck {
+    pub fn new(proof: Proof, secret: &[u8]) -> Self {
+        match proof {
+            Proof::Token(token) => Self {
+                hmac: None,
+                token_matches: equal_in_constant_time(token.as_bytes(), secret),
+                length: 0,
+            },
+            Proof::Hmac(signature) => {
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+                Self {
+                    hmac: Some((aws_lc_rs::hmac::Context::with_key(&key), signature)),
+                    token_matches: false,
+                    length: 0,
+                }
+            }
+        }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), HookError> {
+        self.length += chunk.len();
+        if self.length > MAX_BODY {
+            return Err(HookError::BodyTooLarge);
+        }
+        if let Some((context, _)) = &mut self.hmac {
+            context.update(chunk);
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(), HookError> {
+        let matches = match self.hmac {
+            None => self.token_matches,
+            Some((context, Some(signature))) => {
+                equal_in_constant_time(context.sign().as_ref(), &signature)
+            }
+            Some((_, None)) => false,
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(HookError::BadSignature)
+        }
+    }
+}
+
+/// Checks a webhook call against `secret` and says what it asks for. Pure.
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<HookEvent, HookError> {
+    let (proof, event) = read_headers(headers)?;
+    let mut check = BodyCheck::new(proof, secret);
+    check.update(body)?;
+    check.finish()?;
+    Ok(event)
 }
 
 fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// Whether `name` could be an ImageCatalog's name (a DNS subdomain of at most 63
+/// characters, the CRD's rule): anything else never reaches an API path.
+fn is_catalog_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[derive(Clone)]
@@ -85,6 +201,7 @@ struct HookState {
     namespace: String,
     trigger: SyncTrigger,
     metrics: Arc<Metrics>,
+    calls: Arc<Semaphore>,
 }
 
 /// The router of `POST /hooks/{catalog}`.
@@ -96,20 +213,23 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/hooks/{catalog}", post(hook))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(HookState {
             client,
             namespace,
             trigger,
             metrics,
+            calls: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS)),
         })
 }
+
+/// The one answer to every refused call.
+const REFUSED: &str = "refused; the image-catalog daemon's log says why\n";
 
 async fn hook(
     State(state): State<HookState>,
     Path(catalog): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> (StatusCode, String) {
     let count = |result: &str| {
         state
@@ -120,64 +240,16 @@ async fn hook(
             })
             .inc();
     };
-    let catalogs: Api<ImageCatalog> = Api::all(state.client.clone());
-    let secret_name = match catalogs.get_opt(&catalog).await {
-        Ok(Some(found)) => found.spec.webhook.map(|w| w.secret_ref.name),
-        Ok(None) => {
-            count("unknown_catalog");
-            return (
-                StatusCode::NOT_FOUND,
-                format!("no ImageCatalog {catalog}\n"),
-            );
-        }
-        Err(error) => {
-            count("error");
-            tracing::warn!(%catalog, %error, "webhook: cannot read the catalog");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot read the catalog; retry\n".into(),
-            );
-        }
+    let Ok(_call) = state.calls.clone().try_acquire_owned() else {
+        count("busy");
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy; retry\n".into());
     };
-    let Some(secret_name) = secret_name else {
-        count("not_configured");
-        return (
-            StatusCode::FORBIDDEN,
-            format!(
-                "ImageCatalog {catalog} has no spec.webhook.secretRef: webhooks are off for it\n"
-            ),
-        );
-    };
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &state.namespace);
-    let secret = match secrets.get_opt(&secret_name).await {
-        Ok(Some(secret)) => secret
-            .data
-            .and_then(|mut data| data.remove("token"))
-            .map(|token| token.0),
-        Ok(None) => None,
-        Err(error) => {
-            count("error");
-            tracing::warn!(%catalog, %error, "webhook: cannot read the webhook Secret");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot read the webhook secret; retry\n".into(),
-            );
-        }
-    };
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        count("not_configured");
-        tracing::warn!(%catalog, secret = %secret_name, "webhook: the Secret is missing or has no `token`");
-        return (
-            StatusCode::FORBIDDEN,
-            "the webhook secret is not configured\n".into(),
-        );
-    };
-    match verify(&headers, &body, &secret) {
+    match check(&state, &catalog, &headers, body).await {
         Ok(HookEvent::Push) => {
             count("accepted");
             tracing::info!(%catalog, "webhook: push received, syncing now");
             state.trigger.sync_now(&catalog).await;
-            (StatusCode::ACCEPTED, format!("syncing {catalog}\n"))
+            (StatusCode::ACCEPTED, "syncing\n".into())
         }
         Ok(HookEvent::Ping) => {
             count("ping");
@@ -190,12 +262,84 @@ async fn hook(
                 format!("event {event:?} ignored; only pushes trigger a sync\n"),
             )
         }
-        Err(error) => {
-            count("bad_signature");
-            tracing::warn!(%catalog, %error, "webhook refused");
-            (StatusCode::UNAUTHORIZED, format!("{error}\n"))
+        Err(Refusal::Hook(error)) => {
+            count(error.label());
+            // The name is shown escaped: it comes from anyone who can reach the port.
+            tracing::warn!(catalog = ?catalog, %error, "webhook refused");
+            (StatusCode::FORBIDDEN, REFUSED.into())
+        }
+        Err(Refusal::Api(what, error)) => {
+            count("error");
+            tracing::warn!(%catalog, %error, "webhook: cannot read the {what}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the call now; retry\n".into(),
+            )
         }
     }
+}
+
+enum Refusal {
+    Hook(HookError),
+    Api(&'static str, kube::Error),
+}
+
+impl From<HookError> for Refusal {
+    fn from(error: HookError) -> Self {
+        Self::Hook(error)
+    }
+}
+
+/// Everything cheap first: the headers, then the catalog and its Secret, and only then the
+/// body, streamed through the signature check within its size and time.
+async fn check(
+    state: &HookState,
+    catalog: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<HookEvent, Refusal> {
+    if !is_catalog_name(catalog) {
+        return Err(HookError::InvalidName.into());
+    }
+    let (proof, event) = read_headers(headers)?;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY) {
+        return Err(HookError::BodyTooLarge.into());
+    }
+    let catalogs: Api<ImageCatalog> = Api::all(state.client.clone());
+    let secret_name = match catalogs.get_opt(catalog).await {
+        Ok(Some(found)) => found.spec.webhook.map(|w| w.secret_ref.name),
+        Ok(None) => return Err(HookError::UnknownCatalog.into()),
+        Err(error) => return Err(Refusal::Api("catalog", error)),
+    };
+    let secret_name = secret_name.ok_or(HookError::NotConfigured)?;
+    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &state.namespace);
+    let secret = match secrets.get_opt(&secret_name).await {
+        Ok(secret) => secret
+            .and_then(|secret| secret.data)
+            .and_then(|mut data| data.remove("token"))
+            .map(|token| token.0)
+            .filter(|token| !token.is_empty())
+            .ok_or(HookError::SecretMissing)?,
+        Err(error) => return Err(Refusal::Api("webhook Secret", error)),
+    };
+    let mut check = BodyCheck::new(proof, &secret);
+    let mut stream = body.into_data_stream();
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| HookError::BodyIncomplete)?;
+            check.update(&chunk)?;
+        }
+        Ok::<_, HookError>(())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| HookError::BodyIncomplete)??;
+    check.finish()?;
+    Ok(event)
 }
 
 #[cfg(test)]
