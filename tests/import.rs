@@ -183,6 +183,19 @@ fn make_images(dir: &Path) {
     );
     let xz = std::fs::read(dir.join("disk.raw.xz")).unwrap();
     std::fs::write(dir.join("truncated.raw.xz"), &xz[..xz.len() / 2]).unwrap();
+    // Damaged after the header told the size: `head -c` of a real compressed qcow2, and a
+    // gzip whose tail is garbage.
+    compress("xz", "disk.qcow2", "disk.qcow2.xz");
+    let qcow2_xz = std::fs::read(dir.join("disk.qcow2.xz")).unwrap();
+    std::fs::write(
+        dir.join("cut.qcow2.xz"),
+        &qcow2_xz[..qcow2_xz.len() * 3 / 4],
+    )
+    .unwrap();
+    let mut qcow2_gz = std::fs::read(dir.join("disk.qcow2.gz")).unwrap();
+    let half = qcow2_gz.len() / 2;
+    qcow2_gz[half..].fill(0x55);
+    std::fs::write(dir.join("garbage-tail.qcow2.gz"), &qcow2_gz).unwrap();
     write_random(&dir.join("cut.raw"), 16 << 20, 0);
     write_random(&dir.join("slow.raw"), 4 << 20, 0);
     write_random(&dir.join("other.raw"), 1 << 20, 0);
@@ -410,6 +423,28 @@ fn a_truncated_xz_fails() {
         serde_json::json!({"url": world.http.url("truncated.raw.xz")}),
         "CorruptImage",
     );
+}
+
+#[test]
+fn a_compressed_image_damaged_after_its_header_fails_even_with_its_own_checksums() {
+    let world = world();
+    for (name, file) in [
+        ("cut-qcow2-xz", "cut.qcow2.xz"),
+        ("garbage-tail-qcow2-gz", "garbage-tail.qcow2.gz"),
+    ] {
+        // The checksums of the damaged file itself, as a user copying them from it would.
+        let sha256 = sha256_file(&world.images.join(file));
+        let cvi = expect_failure(
+            name,
+            serde_json::json!({"url": world.http.url(file), "checksum": {"sha256": sha256}}),
+            "CorruptImage",
+        );
+        let message = ready_condition(&cvi).1;
+        assert!(
+            message.contains("ended early") || message.contains("corrupt"),
+            "{name}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -145,6 +145,7 @@ impl ImportError {
             Self::Source(error) => error.kind == SourceErrorKind::Transient,
             Self::Dvcr(error) => error.is_transient(),
             Self::Spool { .. } => true,
+            Self::Inspect(error) => error.is_transient(),
             _ => false,
         }
     }
@@ -316,10 +317,13 @@ async fn dispatch(chunk: Bytes, stages: &mut Stages, sink: &mut Sink) -> Result<
     sink.write(chunk).await
 }
 
-/// The hashing and inspection stages, each on its own thread.
+/// The hashing and inspection stages, each on its own thread: a compressed image is
+/// unpacked to its end by the inspection, which must not slow the hashes down.
 struct Stages {
     check_tx: Option<mpsc::Sender<Bytes>>,
-    check: oneshot::Receiver<Result<(String, ImageInfo), InspectError>>,
+    check: oneshot::Receiver<Result<ImageInfo, InspectError>>,
+    sha256_tx: Option<mpsc::Sender<Bytes>>,
+    sha256: oneshot::Receiver<String>,
     md5_tx: Option<mpsc::Sender<Bytes>>,
     md5: Option<oneshot::Receiver<String>>,
 }
@@ -327,14 +331,21 @@ struct Stages {
 impl Stages {
     fn start(want_md5: bool, limits: InspectLimits) -> Self {
         let (check_tx, mut check_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-        let check = stage_thread("import-sha256", move || {
-            let mut sha256 = Sha256Hasher::default();
+        let check = stage_thread("import-inspect", move || {
             let mut inspector = Inspector::new(limits);
             while let Some(chunk) = check_rx.blocking_recv() {
-                sha256.update(&chunk);
+                // An error stops taking chunks: the import ends with it.
                 inspector.update(&chunk)?;
             }
-            Ok((sha256.finish(), inspector.finish()?))
+            inspector.finish()
+        });
+        let (sha256_tx, mut sha256_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
+        let sha256 = stage_thread("import-sha256", move || {
+            let mut sha256 = Sha256Hasher::default();
+            while let Some(chunk) = sha256_rx.blocking_recv() {
+                sha256.update(&chunk);
+            }
+            sha256.finish()
         });
         let (md5_tx, md5) = if want_md5 {
             let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
@@ -352,6 +363,8 @@ impl Stages {
         Self {
             check_tx: Some(check_tx),
             check,
+            sha256_tx: Some(sha256_tx),
+            sha256,
             md5_tx,
             md5,
         }
@@ -363,8 +376,20 @@ impl Stages {
         if let Some(tx) = &self.md5_tx {
             tx.send(chunk.clone()).await.map_err(|_| stopped())?;
         }
-        if let Some(tx) = &self.check_tx {
+        if let Some(tx) = &self.sha256_tx {
             tx.send(chunk.clone()).await.map_err(|_| stopped())?;
+        }
+        if let Some(tx) = &self.check_tx
+            && tx.send(chunk.clone()).await.is_err()
+        {
+            // The inspection refused the image: its error is the import's.
+            self.check_tx = None;
+            let joined = |_| ImportError::Stage("the inspection ended without a result".into());
+            let result = (&mut self.check).await.map_err(joined)?;
+            return Err(match result {
+                Err(error) => error.into(),
+                Ok(_) => stopped(),
+            });
         }
         Ok(())
     }
@@ -372,9 +397,11 @@ impl Stages {
     /// Ends the stream and collects the results of the stages.
     async fn finish(&mut self) -> Result<(FileDigests, ImageInfo), ImportError> {
         self.check_tx = None;
+        self.sha256_tx = None;
         self.md5_tx = None;
         let joined = |_| ImportError::Stage("an import stage thread ended without a result".into());
-        let (sha256, info) = (&mut self.check).await.map_err(joined)??;
+        let info = (&mut self.check).await.map_err(joined)??;
+        let sha256 = (&mut self.sha256).await.map_err(joined)?;
         let md5 = match self.md5.take() {
             Some(md5) => Some(md5.await.map_err(joined)?),
             None => None,

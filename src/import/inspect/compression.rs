@@ -4,14 +4,11 @@ use flate2::{Decompress, FlushDecompress, Status};
 use liblzma::stream::{Action, Error as XzError, Status as XzStatus, Stream};
 
 use super::analyzer::Analyzer;
+use super::memory::{DecoderMemory, MAX_PER_DECODER, Reservation};
 use super::{InspectError, human_size};
 
 /// Unpacked bytes per analyzer call: large enough to amortise calls, small enough for cache.
 const SCRATCH_LEN: usize = 256 * 1024;
-
-/// xz needs its whole dictionary in memory: 128 MiB covers `xz -9` (64 MiB) with room, and
-/// refuses streams made to exhaust memory.
-const XZ_MEMLIMIT: u64 = 128 << 20;
 
 fn scratch() -> Box<[u8]> {
     vec![0; SCRATCH_LEN].into_boxed_slice()
@@ -96,9 +93,6 @@ impl GzipLayer {
                     self.unpacked += made as u64;
                     if made > 0 {
                         out.feed(&self.scratch[..made])?;
-                        if out.is_done() {
-                            return Ok(());
-                        }
                     }
                     if status == Status::StreamEnd {
                         self.state = GzState::Between;
@@ -144,6 +138,8 @@ fn gzip_trailing(at: u64) -> InspectError {
 pub(super) struct XzLayer {
     /// The decoder of the current stream; None between two concatenated streams.
     stream: Option<Stream>,
+    /// The decoder's share of the daemon's decoder memory: its memory limit.
+    memory: Reservation,
     /// Compressed bytes of the streams already finished, for messages.
     finished_in: u64,
     /// Zero bytes seen since the last stream ended (stream padding, a multiple of four).
@@ -152,30 +148,32 @@ pub(super) struct XzLayer {
 }
 
 /// Decoder threads: files made with `xz -T` have independent blocks that decode in parallel,
-/// as `xz -dc` does.
+/// as `xz -dc` does. Threads are used only while their blocks fit in the decoder's
+/// reservation; past it the decoder falls back to one thread.
 const XZ_THREADS: u32 = 2;
-/// Threads are used only while their blocks fit in this much memory; past it the decoder
-/// falls back to one thread, so memory stays bounded whatever the file.
-const XZ_MEMLIMIT_THREADING: u64 = 48 << 20;
 
 /// The magic bytes that open an xz stream.
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
 
-fn xz_decoder() -> Result<Stream, InspectError> {
+fn xz_decoder(memory: &Reservation) -> Result<Stream, InspectError> {
     // The multi-threaded decoder has no flag for concatenated streams: `feed` starts a new
     // decoder for each stream instead, skipping the stream padding between them.
     liblzma::stream::MtStreamBuilder::new()
         .threads(XZ_THREADS)
-        .memlimit_threading(XZ_MEMLIMIT_THREADING)
-        .memlimit_stop(XZ_MEMLIMIT)
+        .memlimit_threading(memory.bytes())
+        .memlimit_stop(memory.bytes())
         .decoder()
         .map_err(|err| xz_error(err, 0))
 }
 
 impl XzLayer {
-    pub fn new() -> Result<Self, InspectError> {
+    pub fn new(memory: &DecoderMemory) -> Result<Self, InspectError> {
+        let memory = memory
+            .reserve()
+            .ok_or_else(|| decoder_memory_busy(memory))?;
         Ok(Self {
-            stream: Some(xz_decoder()?),
+            stream: Some(xz_decoder(&memory)?),
+            memory,
             finished_in: 0,
             padding: 0,
             scratch: scratch(),
@@ -199,14 +197,35 @@ impl XzLayer {
                 used: 0,
                 made: 0,
                 ended: true,
+                grew: false,
             });
         };
         let (in_before, out_before) = (stream.total_in(), stream.total_out());
-        let status = stream
-            .process(input, &mut self.scratch, action)
-            .map_err(|err| xz_error(err, in_before))?;
+        let result = stream.process(input, &mut self.scratch, action);
         let used = (stream.total_in() - in_before) as usize;
         let made = (stream.total_out() - out_before) as usize;
+        let status = match result {
+            // The file asks for more than the reservation: grow it if the pool can, and go
+            // on where the decoder stopped (what it made so far is handed over first).
+            Err(XzError::MemLimit) if self.memory.bytes() < MAX_PER_DECODER => {
+                if made > 0 {
+                    out.feed(&self.scratch[..made])?;
+                }
+                if !self.memory.grow_to(MAX_PER_DECODER) {
+                    return Err(decoder_memory_busy(&self.memory.pool()));
+                }
+                stream
+                    .set_memlimit(self.memory.bytes())
+                    .map_err(|err| xz_error(err, in_before))?;
+                return Ok(XzStep {
+                    used,
+                    made,
+                    ended: false,
+                    grew: true,
+                });
+            }
+            result => result.map_err(|err| xz_error(err, in_before))?,
+        };
         let ended = status == XzStatus::StreamEnd;
         if ended {
             self.finished_in += stream.total_in();
@@ -215,7 +234,12 @@ impl XzLayer {
         if made > 0 {
             out.feed(&self.scratch[..made])?;
         }
-        Ok(XzStep { used, made, ended })
+        Ok(XzStep {
+            used,
+            made,
+            ended,
+            grew: false,
+        })
     }
 
     pub fn feed(&mut self, mut input: &[u8], out: &mut Analyzer) -> Result<(), InspectError> {
@@ -237,15 +261,13 @@ impl XzLayer {
                 }
                 self.finished_in += self.padding;
                 self.padding = 0;
-                self.stream = Some(xz_decoder()?);
+                self.stream = Some(xz_decoder(&self.memory)?);
             }
             let step = self.step(input, Action::Run, out)?;
             input = &input[step.used..];
-            if out.is_done() {
-                return Ok(());
-            }
-            if step.ended || step.made == self.scratch.len() {
-                // Another stream may follow, or more output is pending: go round again.
+            if step.ended || step.grew || step.made == self.scratch.len() {
+                // Another stream may follow, more output is pending, or the decoder may go
+                // on with more memory: go round again.
                 continue;
             }
             if input.is_empty() {
@@ -269,10 +291,7 @@ impl XzLayer {
                 .as_ref()
                 .map_or((0, 0), |s| (s.total_in(), s.total_out()));
             let step = self.step(&[], Action::Finish, out)?;
-            if out.is_done() {
-                return Ok(());
-            }
-            if !step.ended && step.made == 0 {
+            if !step.ended && !step.grew && step.made == 0 {
                 return Err(InspectError::Corrupt(format!(
                     "the xz stream ended early (after {total_in} compressed bytes, {total_out} \
                      unpacked): the download was cut short or the source file is truncated; \
@@ -295,6 +314,18 @@ struct XzStep {
     used: usize,
     made: usize,
     ended: bool,
+    /// The decoder stopped for memory and now has more.
+    grew: bool,
+}
+
+fn decoder_memory_busy(memory: &DecoderMemory) -> InspectError {
+    InspectError::Busy(format!(
+        "other imports hold the decoder memory now ({} of {} in use); the import is tried again \
+         later (raise --max-decoder-memory-mib, or lower --max-concurrent-imports, if this \
+         happens often)",
+        human_size(memory.total() - memory.available()),
+        human_size(memory.total())
+    ))
 }
 
 fn xz_error(err: XzError, at: u64) -> InspectError {
@@ -302,7 +333,7 @@ fn xz_error(err: XzError, at: u64) -> InspectError {
         XzError::MemLimit => InspectError::Unsupported(format!(
             "the xz stream needs more than {} of memory to unpack (its dictionary is too \
              large); recompress the image with default settings (`xz -6`)",
-            human_size(XZ_MEMLIMIT)
+            human_size(MAX_PER_DECODER)
         )),
         XzError::Options => InspectError::Unsupported(
             "the xz stream uses options or filters this importer does not support; recompress \

@@ -9,11 +9,13 @@
 //! 2 MiB, for a qcow2 with 2 MiB clusters; 256 KiB for VHDX, 32 KiB otherwise), one window
 //! of at most 1 MiB further in (VMDK descriptor, VHDX metadata), the last 512 bytes, and the
 //! decompressor state (256 KiB of output scratch, plus the xz dictionary: 8 MiB for `xz -6`,
-//! at most 128 MiB). Once a header tells the size, decompression stops.
+//! at most 128 MiB). A compressed stream is unpacked to its very end even once a header has
+//! told the size: a damaged or cut-short tail is refused, never stored as a Ready image.
 
 mod analyzer;
 mod compression;
 mod formats;
+pub mod memory;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use analyzer::Analyzer;
 use compression::{GzipLayer, XzLayer};
+pub use memory::DecoderMemory;
 
 /// The disk format of an image, as named by `qemu-img` (but "vhd" for its "vpc").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,12 +100,15 @@ pub struct InspectLimits {
     /// The most bytes the image may unpack to (counted on plain images too, where it is the
     /// received length); protects against decompression bombs.
     pub max_unpacked_size: u64,
+    /// The memory the xz decoders of all imports share.
+    pub decoder_memory: DecoderMemory,
 }
 
 impl Default for InspectLimits {
     fn default() -> Self {
         Self {
             max_unpacked_size: 1 << 40,
+            decoder_memory: DecoderMemory::default(),
         }
     }
 }
@@ -123,6 +129,9 @@ pub enum InspectError {
     /// A valid image of a kind or variant that cannot be imported as is.
     #[error("{0}")]
     Unsupported(String),
+    /// Not now: what unpacking needs is in use by other imports.
+    #[error("{0}")]
+    Busy(String),
     #[error(
         "the image unpacks to more than {} (the unpacked size limit): it may be a decompression \
          bomb; if the image is genuine, ask the administrator to raise the limit",
@@ -139,8 +148,16 @@ impl InspectError {
             Self::Encrypted(_) => "EncryptedImage",
             Self::Corrupt(_) => "CorruptImage",
             Self::Unsupported(_) => "UnsupportedImage",
+            Self::Busy(_) => "DecoderMemoryBusy",
             Self::UnpackedSizeLimitExceeded { .. } => "UnpackedSizeLimitExceeded",
         }
+    }
+}
+
+impl InspectError {
+    /// Whether the same image may pass when tried again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy(_))
     }
 }
 
@@ -176,7 +193,7 @@ enum Layer {
     Plain,
     Gzip(Box<GzipLayer>),
     Xz(Box<XzLayer>),
-    /// The analysis is over (done or failed): received bytes are ignored.
+    /// The analysis failed, or finish() took the layer: received bytes are ignored.
     Idle,
 }
 
@@ -186,6 +203,7 @@ pub struct Inspector {
     compression: Option<Compression>,
     analyzer: Analyzer,
     failed: Option<InspectError>,
+    decoder_memory: DecoderMemory,
 }
 
 impl Inspector {
@@ -198,6 +216,7 @@ impl Inspector {
             compression: None,
             analyzer: Analyzer::new(limits.max_unpacked_size),
             failed: None,
+            decoder_memory: limits.decoder_memory,
         }
     }
 
@@ -210,17 +229,16 @@ impl Inspector {
         if let Err(err) = &result {
             self.failed = Some(err.clone());
             self.layer = Layer::Idle;
-        } else if self.analyzer.is_done() && !matches!(self.layer, Layer::Idle) {
-            // Frees the decompressor: the rest of the stream no longer matters.
-            self.layer = Layer::Idle;
         }
         result
     }
 
-    /// Whether further bytes still matter: false once the format and size are known without
-    /// reading the rest (or the image was refused). update() is then a cheap no-op.
+    /// Whether further bytes still matter: false once a plain image's format and size are
+    /// known without reading the rest (or the image was refused); update() is then cheap.
+    /// A compressed stream needs every byte: its end is checked.
     pub fn needs_more(&self) -> bool {
-        self.failed.is_none() && !self.analyzer.is_done()
+        self.failed.is_none()
+            && (!self.analyzer.is_done() || matches!(self.layer, Layer::Gzip(_) | Layer::Xz(_)))
     }
 
     /// Ends the stream: returns the result, or an error for a truncated or corrupt stream.
@@ -263,12 +281,11 @@ impl Inspector {
                 self.layer = match compression {
                     None => Layer::Plain,
                     Some(Compression::Gzip) => Layer::Gzip(Box::new(GzipLayer::new())),
-                    Some(Compression::Xz) => Layer::Xz(Box::new(XzLayer::new()?)),
+                    Some(Compression::Xz) => {
+                        Layer::Xz(Box::new(XzLayer::new(&self.decoder_memory)?))
+                    }
                 };
                 self.feed(&buf[..len])?;
-                if self.analyzer.is_done() {
-                    return Ok(());
-                }
                 self.feed(&chunk[take..])
             }
         }

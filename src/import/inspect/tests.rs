@@ -664,6 +664,7 @@ fn decompression_bombs_are_stopped() {
     }
     let limits = InspectLimits {
         max_unpacked_size: 10 << 20,
+        ..InspectLimits::default()
     };
     let gz = run("sh", &["-c", "head -c 200M /dev/zero | gzip -c"]);
     let xz = run("sh", &["-c", "head -c 50M /dev/zero | xz -c -1 -T1"]);
@@ -753,22 +754,37 @@ fn multi_block_xz_from_parallel_xz_decodes_in_threads_and_keeps_padding_rules() 
 }
 
 #[test]
-fn header_formats_stop_decompressing() {
+fn a_compressed_image_is_unpacked_to_its_end_after_the_header_told_its_size() {
     if !tools() {
         return;
     }
     let images = Images::new();
     let path = images.convert("d.qcow2", "qcow2", &[]);
     let plain = std::fs::read(&path).unwrap();
-    for (_, data) in variants(&plain).into_iter().skip(1) {
-        let mut inspector = Inspector::new(InspectLimits::default());
+    for (compression, data) in variants(&plain).into_iter().skip(1) {
         let (head, rest) = data.split_at(data.len() / 2);
+        // Garbage after the header: the old importer stored this Ready.
+        let mut inspector = Inspector::new(InspectLimits::default());
         inspector.update(head).unwrap();
-        assert!(!inspector.needs_more());
-        // The rest is not even decompressed: garbage is fine.
-        inspector.update(&vec![0x55; rest.len()]).unwrap();
-        let info = inspector.finish().unwrap();
-        assert_eq!(info.format, DiskFormat::Qcow2);
+        assert!(inspector.needs_more(), "{compression:?}");
+        let garbage = vec![0x55; rest.len()];
+        let refused = inspector
+            .update(&garbage)
+            .and_then(|()| inspector.finish().map(|_| ()))
+            .unwrap_err();
+        assert_eq!(
+            refused.reason(),
+            "CorruptImage",
+            "{compression:?}: {refused}"
+        );
+        // Cut short, as `head -c` of a real file: refused at the end.
+        let mut inspector = Inspector::new(InspectLimits::default());
+        inspector.update(head).unwrap();
+        let cut = inspector.finish().unwrap_err();
+        assert_eq!(cut.reason(), "CorruptImage", "{compression:?}: {cut}");
+        assert!(cut.to_string().contains("ended early"), "{cut}");
+        // The whole stream: the same answer as for the plain file.
+        assert_eq!(inspect(&data, 4096).unwrap().format, DiskFormat::Qcow2);
     }
 }
 
@@ -872,4 +888,39 @@ fn throughput() {
             unpacked as f64 / tool_secs / 1e6
         );
     }
+}
+
+#[test]
+fn an_xz_decoder_grows_into_the_shared_memory_only_when_its_file_asks_and_the_pool_has_it() {
+    if !tools() {
+        return;
+    }
+    let plain = vec![3u8; 1 << 20];
+    // A 96 MiB dictionary: more than a decoder's first 48 MiB, within the 128 MiB ceiling.
+    let big_dictionary = filter("xz", &["-c", "-T1", "--lzma2=dict=96MiB,mf=hc3"], &plain);
+    let pool = DecoderMemory::new(176 << 20);
+    let limits = InspectLimits {
+        decoder_memory: pool.clone(),
+        ..InspectLimits::default()
+    };
+    let info = inspect_with(&big_dictionary, 64 << 10, limits).unwrap();
+    assert_eq!(info.virtual_size, 1 << 20);
+    assert_eq!(pool.available(), pool.total(), "returned after the import");
+
+    // The same file while other imports hold most of the pool: tried again later.
+    let small = DecoderMemory::new(60 << 20);
+    let limits = InspectLimits {
+        decoder_memory: small.clone(),
+        ..InspectLimits::default()
+    };
+    let error = inspect_with(&big_dictionary, 64 << 10, limits).unwrap_err();
+    assert_eq!(error.reason(), "DecoderMemoryBusy", "{error}");
+    assert!(error.is_transient());
+    assert_eq!(small.available(), small.total());
+
+    // Past the ceiling: refused for good, with what to do.
+    let huge_dictionary = filter("xz", &["-c", "-T1", "--lzma2=dict=192MiB,mf=hc3"], &plain);
+    let error = inspect(&huge_dictionary, 64 << 10).unwrap_err();
+    assert_eq!(error.reason(), "UnsupportedImage", "{error}");
+    assert!(error.to_string().contains("recompress"), "{error}");
 }
