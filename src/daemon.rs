@@ -108,6 +108,11 @@ pub struct ControllerArgs {
     /// Refuse images that unpack to more than this many bytes (decompression bombs).
     #[arg(long, env = "MAX_UNPACKED_SIZE", default_value_t = 1 << 40)]
     pub max_unpacked_size: u64,
+    /// The memory (MiB) the xz decoders of all imports may hold together: each starts with
+    /// 48 MiB (`xz -6` on two threads) and grows to at most 128 MiB for larger dictionaries;
+    /// an import that finds too little left is tried again later.
+    #[arg(long, env = "MAX_DECODER_MEMORY_MIB", default_value_t = 176)]
+    pub max_decoder_memory_mib: u64,
     /// Attempts of one import after transient failures before it ends in Failed.
     #[arg(long, default_value_t = 5)]
     pub max_import_attempts: u32,
@@ -540,6 +545,9 @@ fn start_leader_parts(
             pipeline: PipelineSettings {
                 inspect: InspectLimits {
                     max_unpacked_size: args.max_unpacked_size,
+                    decoder_memory: crate::import::inspect::DecoderMemory::new(
+                        args.max_decoder_memory_mib.saturating_mul(1 << 20),
+                    ),
                 },
                 spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
