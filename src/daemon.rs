@@ -113,6 +113,18 @@ pub struct ControllerArgs {
     /// an import that finds too little left is tried again later.
     #[arg(long, env = "MAX_DECODER_MEMORY_MIB", default_value_t = 176)]
     pub max_decoder_memory_mib: u64,
+    /// Every source (HTTP, registry, upload) must send at least
+    /// --source-min-kib-per-window KiB in every window of this many seconds, or the attempt
+    /// ends (SourceTooSlow) and is tried again: a drip-feeding server or a stalled uploader
+    /// holds an import slot no longer.
+    #[arg(long, env = "SOURCE_WINDOW_SECONDS", default_value_t = 60)]
+    pub source_window_seconds: u64,
+    /// See --source-window-seconds.
+    #[arg(long, env = "SOURCE_MIN_KIB_PER_WINDOW", default_value_t = 64)]
+    pub source_min_kib_per_window: u64,
+    /// One attempt of an import ends after this many minutes (ImportDeadlineExceeded).
+    #[arg(long, env = "IMPORT_DEADLINE_MINUTES", default_value_t = 1440)]
+    pub import_deadline_minutes: u64,
     /// Attempts of one import after transient failures before it ends in Failed.
     #[arg(long, default_value_t = 5)]
     pub max_import_attempts: u32,
@@ -550,6 +562,13 @@ fn start_leader_parts(
                     ),
                 },
                 spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+                pace: crate::import::pace::Pace {
+                    window: Duration::from_secs(args.source_window_seconds.max(1)),
+                    min_bytes_per_window: args.source_min_kib_per_window.saturating_mul(1024),
+                    deadline: Duration::from_secs(
+                        args.import_deadline_minutes.max(1).saturating_mul(60),
+                    ),
+                },
             },
             http: HttpSourceOptions::default(),
             max_attempts: args.max_import_attempts.max(1),

@@ -47,7 +47,7 @@ fn world() -> &'static World {
         let http = FileServer::start(&images);
         let https = FileServer::start_https(&images);
         let metrics_port = free_port();
-        let controller = start_controller(env, dir.path(), metrics_port, free_port());
+        let controller = start_controller(env, dir.path(), SUITE, metrics_port, "");
         World {
             env,
             metrics_port,
@@ -68,19 +68,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs the daemon as the ServiceAccount of deploy/rbac.yaml: the shipped roles must suffice.
-fn start_controller(env: &TestEnv, dir: &Path, port: u16, upload_port: u16) -> Controller {
-    let log = dir.join("controller.log");
+/// Runs the daemon as the ServiceAccount of deploy/rbac.yaml (the shipped roles must
+/// suffice), for the images labelled with `suite`, with `extra` flags.
+fn start_controller(env: &TestEnv, dir: &Path, suite: &str, port: u16, extra: &str) -> Controller {
+    let log = dir.join(format!("controller-{suite}.log"));
     let kubeconfig = env.daemon_kubeconfig(dir);
+    let upload_port = free_port();
     let command = format!(
-        "'{bin}' controller --selector {SUITE_LABEL}={SUITE} --metrics-addr 127.0.0.1:{port} \
+        "'{bin}' controller --selector {SUITE_LABEL}={suite} --metrics-addr 127.0.0.1:{port} {extra} \
          --max-concurrent-imports 6 --max-import-attempts 2 --catalog-controller=false \
          --upload-addr 127.0.0.1:{upload_port} --upload-external-url http://127.0.0.1:{upload_port} \
          --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc --upload-timeout-seconds {UPLOAD_TIMEOUT} \
          --leader-election-lease {lease} \
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
-        lease = common::unique_lease(SUITE),
+        lease = common::unique_lease(suite),
         log = log.display(),
     );
     eprintln!("controller log: {}", log.display());
@@ -445,6 +447,52 @@ fn a_compressed_image_damaged_after_its_header_fails_even_with_its_own_checksums
             "{name}: {message}"
         );
     }
+}
+
+#[test]
+fn a_source_that_drips_a_byte_at_a_time_is_dropped_at_the_end_of_its_window() {
+    let world = world();
+    const PACED: &str = "import-pace";
+    let dir = tempfile::tempdir().unwrap();
+    // A window of 3 s, so the test does not wait a minute; 64 KiB must arrive in each.
+    let _controller = start_controller(
+        world.env,
+        dir.path(),
+        PACED,
+        free_port(),
+        "--source-window-seconds 3 --source-min-kib-per-window 64",
+    );
+    let server = FileServer::start(&world.images);
+    // One byte every 2 s after the first MiB: never idle for the read timeout (30 s).
+    server.set_behavior(
+        "/slow.raw",
+        Behavior::default().drip_after(1 << 20, Duration::from_secs(2)),
+    );
+    let name = "drip-feed";
+    cvi::recreate(
+        world.env,
+        &cvi::manifest(
+            PACED,
+            name,
+            serde_json::json!({"type": "HTTP", "http": {"url": server.url("slow.raw")}}),
+        ),
+    );
+    let cvi = settled(world.env, name);
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "SourceTooSlow", "{message}");
+    assert!(message.contains("in the last 3 s"), "{message}");
+    assert!(
+        !dvcr_has(
+            world.env,
+            &format!(
+                "{}/cvi/{name}:{}",
+                world.env.dvcr_registry(),
+                cvi["metadata"]["uid"].as_str().unwrap()
+            )
+        ),
+        "nothing tagged"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod http_import;
 pub mod inspect;
 pub mod object_ref;
+pub mod pace;
 pub mod pipeline;
 pub mod progress;
 pub mod source;

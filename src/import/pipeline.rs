@@ -16,6 +16,7 @@ use crate::api::Checksum;
 use crate::dvcr::{DiskLayerUpload, Dvcr, DvcrError, ImageLabels, StoredLayer};
 use crate::import::digest::{self, ChecksumMismatch, FileDigests, Md5Hasher, Sha256Hasher};
 use crate::import::inspect::{ImageInfo, InspectError, InspectLimits, Inspector};
+use crate::import::pace::{Pace, PaceWatch, TooSlow};
 use crate::import::source::{SourceError, SourceErrorKind};
 
 /// How many chunks may wait between two stages: with `STAGE_CHUNK` the bound on the
@@ -77,6 +78,8 @@ pub struct PipelineSettings {
     /// Where to keep the bytes of a source that does not announce its size until the size is
     /// known (the tar header of the layer comes before the bytes).
     pub spool_dir: PathBuf,
+    /// How slow a source may be.
+    pub pace: Pace,
 }
 
 /// What an import stored.
@@ -184,7 +187,9 @@ pub async fn store(
         )),
         None => Sink::spool(&settings.spool_dir).await?,
     };
-    let received = match pump(&mut source, &mut stages, &mut sink, progress, cancel).await {
+    let pace = PaceWatch::start(settings.pace, tokio::time::Instant::now());
+    let pumped = pump(&mut source, &mut stages, &mut sink, progress, pace, cancel).await;
+    let received = match pumped {
         Ok(received) => received,
         Err(error) => {
             sink.abort().await;
@@ -280,16 +285,30 @@ async fn pump(
     stages: &mut Stages,
     sink: &mut Sink,
     progress: &LiveProgress,
+    mut pace: PaceWatch,
     cancel: &CancellationToken,
 ) -> Result<u64, ImportError> {
     let mut received = 0u64;
     let mut pending = bytes::BytesMut::new();
     loop {
-        let chunk = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
-            chunk = source.next_chunk() => chunk?,
+        let chunk = {
+            // The same read goes on across pace checks: dropping it could lose bytes.
+            let next = source.next_chunk();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+                    chunk = &mut next => break chunk?,
+                    _ = tokio::time::sleep_until(pace.next_check()) => {
+                        pace.check(tokio::time::Instant::now()).map_err(too_slow)?;
+                    }
+                }
+            }
         };
+        if let Some(chunk) = &chunk {
+            pace.received(chunk.len() as u64);
+        }
         let Some(chunk) = chunk else {
             if !pending.is_empty() {
                 dispatch(pending.split().freeze(), stages, sink).await?;
@@ -310,6 +329,18 @@ async fn pump(
             dispatch(pending.split().freeze(), stages, sink).await?;
         }
     }
+}
+
+fn too_slow(error: TooSlow) -> ImportError {
+    SourceError {
+        kind: SourceErrorKind::Transient,
+        reason: match error {
+            TooSlow::Stalled { .. } => crate::import::source::reason::SOURCE_TOO_SLOW,
+            TooSlow::Deadline { .. } => crate::import::source::reason::IMPORT_DEADLINE_EXCEEDED,
+        },
+        message: error.to_string(),
+    }
+    .into()
 }
 
 async fn dispatch(chunk: Bytes, stages: &mut Stages, sink: &mut Sink) -> Result<(), ImportError> {

@@ -60,6 +60,8 @@ pub struct Behavior {
     /// Pause after this many body bytes, for the first N requests, until
     /// [`FileServer::release_held`]; then send the rest.
     pub hold_after: Option<(u64, u64)>,
+    /// After this many body bytes, send one byte per interval (every request).
+    pub drip_after: Option<(u64, Duration)>,
     /// Answer the first `times` requests with this status.
     pub fail: Option<Fail>,
     /// Answer with this redirect status and `Location`.
@@ -89,6 +91,7 @@ impl Default for Behavior {
             cut_after: None,
             stall_after: None,
             hold_after: None,
+            drip_after: None,
             fail: None,
             redirect: None,
             content_disposition: None,
@@ -136,6 +139,12 @@ impl Behavior {
     /// rest of the file follows. Lets a test look at a transfer in the middle, without timing.
     pub fn hold_after(mut self, bytes: u64, first_requests: u64) -> Self {
         self.hold_after = Some((bytes, first_requests));
+        self
+    }
+    /// After `bytes` body bytes, send one byte every `every`: a connection that never idles
+    /// long enough for a read timeout, and never gets anywhere.
+    pub fn drip_after(mut self, bytes: u64, every: Duration) -> Self {
+        self.drip_after = Some((bytes, every));
         self
     }
     /// Answer the first `times` requests with `status` (`u64::MAX`: always).
@@ -762,7 +771,10 @@ async fn respond(
         (_, _, Some((bytes, first))) if index < first => {
             Fault::Hold(bytes, *shared.released.borrow())
         }
-        _ => Fault::None,
+        _ => match behavior.drip_after {
+            Some((bytes, every)) => Fault::Drip(bytes, every),
+            None => Fault::None,
+        },
     };
     let body = BodyState {
         inner: ReaderStream::with_capacity(file.take(body_len), 64 * 1024),
@@ -904,6 +916,8 @@ enum Fault {
     Stall(u64),
     /// Pause at this many bytes until the release epoch is above the one given.
     Hold(u64, u64),
+    /// From this many bytes on, one byte per interval.
+    Drip(u64, Duration),
 }
 
 struct BodyState {
@@ -930,8 +944,28 @@ impl BodyState {
             let _ = released.wait_for(|now| *now > epoch).await;
             self.fault = Fault::None;
         }
+        if let Fault::Drip(at, every) = self.fault
+            && self.sent >= at
+        {
+            tokio::time::sleep(every).await;
+            let mut chunk = match self.rest.take() {
+                Some(rest) => rest,
+                None => match self.inner.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(error) => return Some((Err(error), self)),
+                },
+            };
+            if chunk.len() > 1 {
+                self.rest = Some(chunk.split_off(1));
+            }
+            self.sent += chunk.len() as u64;
+            let len = chunk.len() as u64;
+            self.shared
+                .with_stats(&self.path, |stats| stats.bytes_sent += len);
+            return Some((Ok(chunk), self));
+        }
         let limit = match self.fault {
-            Fault::None => None,
+            Fault::None | Fault::Drip(..) => None,
             Fault::Cut(at) | Fault::Stall(at) | Fault::Hold(at, _) => Some(at),
         };
         if let Some(limit) = limit

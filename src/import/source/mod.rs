@@ -108,6 +108,10 @@ pub mod reason {
     pub const UNSUPPORTED_IMAGE_LAYER: &str = "UnsupportedImageLayer";
     /// A layer's bytes do not match its digest (restart).
     pub const LAYER_DIGEST_MISMATCH: &str = "LayerDigestMismatch";
+    /// Fewer bytes than the minimum arrived in a window (transient).
+    pub const SOURCE_TOO_SLOW: &str = "SourceTooSlow";
+    /// One attempt ran past the import deadline (transient).
+    pub const IMPORT_DEADLINE_EXCEEDED: &str = "ImportDeadlineExceeded";
 }
 
 /// The rustls error behind a request error, if the TLS handshake failed.
