@@ -210,3 +210,66 @@ async fn the_kube_client_talks_tls_to_the_apiserver_beside_a_reqwest_client() {
         .await
         .expect("list CVIs over TLS");
 }
+
+#[tokio::test]
+async fn a_status_write_meant_for_a_deleted_image_never_lands_on_its_namesake() {
+    use image_catalog::api::{ClusterVirtualImage, ImageStatus, status::ImagePhase};
+    use image_catalog::k8s::cvi_status::{CviStatusStore, Target};
+    use kube::{Api, ResourceExt};
+    let env = testenv();
+    let name = "status-writer-uid";
+    let manifest = format!(
+        "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: ClusterVirtualImage\nmetadata: {{name: {name}}}\n\
+         spec: {{dataSource: {{type: HTTP, http: {{url: 'https://example.invalid/a.img'}}}}}}\n"
+    );
+    let _ = env.kubectl_ok(&["delete", "cvi", name, "--ignore-not-found", "--wait=true"]);
+    let out = env.kubectl_with_input(&["create", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = env.kube_client().await;
+    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
+    let first = api.get(name).await.unwrap();
+    let store = CviStatusStore::new(client);
+    let ready = ImageStatus {
+        phase: Some(ImagePhase::Ready),
+        ..Default::default()
+    };
+    let mut old_target = Target::of(&first);
+    store.write_import(&mut old_target, &ready).await.unwrap();
+
+    // The same name, another image: the old import's write must fail.
+    env.kubectl_ok(&["delete", "cvi", name, "--wait=true"]);
+    let out = env.kubectl_with_input(&["create", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = api.get(name).await.unwrap();
+    assert_ne!(second.uid(), first.uid());
+    let stale = store.write_import(&mut old_target, &ready).await;
+    assert!(
+        matches!(
+            stale,
+            Err(image_catalog::k8s::cvi_status::WriteError::Gone(_))
+        ),
+        "a write for the deleted image landed: {stale:?}"
+    );
+    // Even from a target that never saw a resourceVersion: the UID is compared on conflict.
+    let stale = store.write_import(&mut Target::of(&first), &ready).await;
+    assert!(stale.is_err(), "{stale:?}");
+    let now = api.get(name).await.unwrap();
+    assert_eq!(
+        now.status.and_then(|s| s.phase),
+        None,
+        "the new image is untouched"
+    );
+    store
+        .write_import(&mut Target::of(&second), &ready)
+        .await
+        .unwrap();
+    env.kubectl_ok(&["delete", "cvi", name, "--wait=true"]);
+}

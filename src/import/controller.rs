@@ -18,7 +18,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::catalog::keys::UPLOAD_TOKEN_SHA256;
-use crate::api::status::condition::{DATASOURCE_READY, READY};
 use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus, ImageUploadUrls};
 use crate::dvcr::Dvcr;
 use crate::import::decide::{Decision, KnownImport, decide};
@@ -38,13 +37,12 @@ use crate::import::status::{
     ImportState, Problem, StoredImage, Transfer, UPLOAD_INTERRUPTED_MESSAGE,
     interrupted_by_restart, next_status, starting_point,
 };
+use crate::k8s::cvi_status::{CviStatusStore, Target, WriteError};
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Secret;
 
 /// Removed only after the image is gone from DVCR.
 pub const FINALIZER: &str = "imagecatalog.dev/dvcr-cleanup";
-/// The field manager of the status this controller writes.
-pub const STATUS_MANAGER: &str = "image-catalog-import";
 /// The field manager of the upload token's hash annotation, the one field of an image's
 /// metadata this controller writes.
 pub const UPLOAD_TOKEN_MANAGER: &str = "image-catalog-import-upload-token";
@@ -82,6 +80,7 @@ pub struct Context {
     metrics: Arc<Metrics>,
     recorder: Recorder,
     uploads: Arc<UploadGate>,
+    statuses: CviStatusStore,
 }
 
 struct TrackedImport {
@@ -95,6 +94,8 @@ struct TrackedImport {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("writing the status: {0}")]
+    Status(#[from] WriteError),
     #[error("deleting the image from DVCR: {0}")]
     Cleanup(#[from] crate::dvcr::DvcrError),
     #[error("finalizer: {0}")]
@@ -106,6 +107,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
+            Self::Status(_) => "status_write",
             Self::Cleanup(_) => "dvcr_cleanup",
             Self::Finalizer(_) => "finalizer",
         }
@@ -126,6 +128,7 @@ impl Context {
         };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
+            statuses: CviStatusStore::new(client.clone()),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_imports.max(1))),
             client,
             dvcr,
@@ -287,7 +290,9 @@ async fn cleanup(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Act
     let generation = cvi.metadata.generation.unwrap_or_default();
     let terminating = next_status(&previous, generation, &ImportState::Terminating, &now());
     if terminating != previous {
-        write_status(&ctx.client, &cvi.name_any(), &terminating).await?;
+        ctx.statuses
+            .write_import(&mut Target::of(&cvi), &terminating)
+            .await?;
     }
     let existed = ctx.dvcr.delete_image(&repository(&cvi), &uid).await?;
     tracing::info!(image = %cvi.name_any(), existed, "deleted from DVCR");
@@ -919,6 +924,7 @@ async fn wait_for_pull_secret(
 struct StatusWriter {
     ctx: Arc<Context>,
     name: String,
+    target: Target,
     generation: i64,
     written: ImageStatus,
     /// A previous daemon was importing this spec when it stopped; the next transfer (or the
@@ -940,6 +946,7 @@ impl StatusWriter {
         Self {
             ctx,
             name: cvi.name_any(),
+            target: Target::of(cvi),
             generation,
             written: starting_point(&found, generation),
             restart_pending,
@@ -988,7 +995,12 @@ impl StatusWriter {
         if next == self.written {
             return;
         }
-        match write_status(&self.ctx.client, &self.name, &next).await {
+        match self
+            .ctx
+            .statuses
+            .write_import(&mut self.target, &next)
+            .await
+        {
             Ok(()) => self.written = next,
             Err(error) => {
                 tracing::warn!(image = %self.name, %error, "writing the status failed; the next write retries")
@@ -1001,12 +1013,17 @@ impl StatusWriter {
         let next = next_status(&self.written, self.generation, state, &now());
         let mut delay = Duration::from_millis(200);
         for _ in 0..8 {
-            match write_status(&self.ctx.client, &self.name, &next).await {
+            match self
+                .ctx
+                .statuses
+                .write_import(&mut self.target, &next)
+                .await
+            {
                 Ok(()) => {
                     self.written = next;
                     return;
                 }
-                Err(kube::Error::Api(status)) if status.code == 404 => return,
+                Err(WriteError::Gone(_)) => return,
                 Err(error) => {
                     tracing::warn!(image = %self.name, %error, "writing the final status failed; retrying")
                 }
@@ -1019,30 +1036,4 @@ impl StatusWriter {
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// Applies the status with server-side apply: the fields this controller owns are exactly the
-/// ones it writes, and conditions other managers own (verification) stay untouched.
-pub(crate) async fn write_status(
-    client: &Client,
-    name: &str,
-    status: &ImageStatus,
-) -> Result<(), kube::Error> {
-    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
-    let mut status = status.clone();
-    status
-        .conditions
-        .retain(|c| c.type_ == DATASOURCE_READY || c.type_ == READY);
-    let patch = serde_json::json!({
-        "apiVersion": ClusterVirtualImage::api_version(&()),
-        "kind": ClusterVirtualImage::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(STATUS_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
 }

@@ -289,6 +289,63 @@ fn apply_transfer(status: &mut ImageStatus, previous: &ImageStatus, transfer: &T
     });
 }
 
+/// A change of phase that the presence of the stored image calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub phase: ImagePhase,
+    /// The `Ready` condition's status.
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What finding the stored image at `url` present or not means for an image in `phase`:
+/// a Ready image whose manifest is gone is ImageLost, and a lost one found again is Ready.
+/// Pure; None when nothing changes.
+pub fn presence_change(
+    phase: Option<ImagePhase>,
+    present: bool,
+    url: &str,
+    reimport: &str,
+) -> Option<PresenceChange> {
+    match (phase, present) {
+        (Some(ImagePhase::Ready), false) => Some(PresenceChange {
+            phase: ImagePhase::ImageLost,
+            ready: false,
+            reason: "ImageLost",
+            message: format!("The stored image {url} is gone from DVCR; {reimport}."),
+        }),
+        (Some(ImagePhase::ImageLost), true) => Some(PresenceChange {
+            phase: ImagePhase::Ready,
+            ready: true,
+            reason: "Ready",
+            message: format!("The image is stored in DVCR as {url}."),
+        }),
+        _ => None,
+    }
+}
+
+/// `status` with the presence change applied. Pure.
+pub fn with_presence_change(
+    status: &ImageStatus,
+    change: &PresenceChange,
+    generation: i64,
+    now: &Time,
+) -> ImageStatus {
+    let mut status = status.clone();
+    status.phase = Some(change.phase);
+    set_condition(
+        &mut status.conditions,
+        READY,
+        Some(change.ready),
+        change.reason,
+        &change.message,
+        generation,
+        now,
+    );
+    status
+}
+
 /// Sets one condition, keeping its transition time when its status did not change.
 /// `ok: None` means Unknown.
 pub fn set_condition(

@@ -33,7 +33,6 @@ pub fn recorder(client: &kube::Client) -> kube::runtime::events::Recorder {
         },
     )
 }
-pub const FIELD_MANAGER: &str = "image-catalog-verify";
 
 /// The outcome of one verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,16 +336,13 @@ async fn upstream(
     ))))
 }
 
-/// Writes the `Verified` condition of `cvi` (only that condition, under [`FIELD_MANAGER`]).
-pub async fn record(
-    client: &kube::Client,
+/// The `Verified` condition a verdict gives `cvi`, its transition time kept when its status
+/// did not change. Pure.
+pub fn verified_condition(
     cvi: &ClusterVirtualImage,
     verdict: &Verdict,
-) -> Result<(), kube::Error> {
-    use kube::api::{Patch, PatchParams};
-    use kube::{Api, Resource};
-    let now =
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     let mut conditions: Vec<_> = cvi
         .status
         .as_ref()
@@ -369,21 +365,26 @@ pub async fn record(
         verdict.reason(),
         &message,
         cvi.metadata.generation.unwrap_or_default(),
-        &now,
+        now,
     );
-    let patch = serde_json::json!({
-        "apiVersion": ClusterVirtualImage::api_version(&()),
-        "kind": ClusterVirtualImage::kind(&()),
-        "status": {"conditions": conditions},
-    });
-    let api: Api<ClusterVirtualImage> = Api::all(client.clone());
-    api.patch_status(
-        cvi.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
+    conditions.swap_remove(0)
+}
+
+/// Writes the `Verified` condition of `cvi`, and only that, through the one status writer.
+pub async fn record(
+    client: &kube::Client,
+    cvi: &ClusterVirtualImage,
+    verdict: &Verdict,
+) -> Result<(), crate::k8s::cvi_status::WriteError> {
+    use crate::k8s::cvi_status::{CviStatusStore, Target};
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    CviStatusStore::new(client.clone())
+        .write_verified(
+            &mut Target::of(cvi),
+            &verified_condition(cvi, verdict, &now),
+        )
+        .await
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use super::{Verdict, record, verify};
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::ImageCatalog;
 use crate::api::status::ImagePhase;
-use crate::api::status::condition::READY;
 use crate::dvcr::{Dvcr, DvcrError, layout};
+use crate::import::status::{PresenceChange, presence_change, with_presence_change};
+use crate::k8s::cvi_status::{CviStatusStore, Target};
 use crate::metrics::{ImageLabel, Metrics, ReasonLabel};
 use crate::sync::publish::Publishers;
 
@@ -269,25 +270,9 @@ async fn check_presence(
     };
     let phase = cvi.status.as_ref().and_then(|status| status.phase);
     let url = dvcr.image_url(&repository, &uid);
-    let change = match (phase, present) {
-        (Some(ImagePhase::Ready), false) => (
-            ImagePhase::ImageLost,
-            false,
-            "ImageLost",
-            format!(
-                "The stored image {url} is gone from DVCR; {}.",
-                super::REIMPORT
-            ),
-        ),
-        (Some(ImagePhase::ImageLost), true) => (
-            ImagePhase::Ready,
-            true,
-            "Ready",
-            format!("The image is stored in DVCR as {url}."),
-        ),
-        _ => return false,
+    let Some(change) = presence_change(phase, present, &url, super::REIMPORT) else {
+        return false;
     };
-    let (new_phase, ready, reason, message) = change;
     let api: Api<ClusterVirtualImage> = Api::all(client.clone());
     let Ok(Some(fresh)) = api.get_opt(&name).await else {
         return false;
@@ -301,21 +286,18 @@ async fn check_presence(
     {
         return false;
     }
-    let mut status = fresh.status.clone().unwrap_or_default();
-    status.phase = Some(new_phase);
-    crate::import::status::set_condition(
-        &mut status.conditions,
-        READY,
-        Some(ready),
-        reason,
-        &message,
+    let status = with_presence_change(
+        &fresh.status.clone().unwrap_or_default(),
+        &change,
         fresh.metadata.generation.unwrap_or_default(),
         &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    if let Err(error) = crate::import::controller::write_status(client, &name, &status).await {
-        tracing::warn!(image = %name, %error, "writing the {new_phase} phase failed; the next presence check tries again");
+    let store = CviStatusStore::new(client.clone());
+    if let Err(error) = store.write_import(&mut Target::of(&fresh), &status).await {
+        tracing::warn!(image = %name, %error, "writing the {} phase failed; the next presence check tries again", change.phase);
         return false;
     }
+    let PresenceChange { ready, message, .. } = change;
     if ready {
         tracing::info!(image = %name, "{message}");
         publish(recorder, cvi, EventType::Normal, "ImageFound", &message).await;
