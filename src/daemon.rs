@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine;
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use crate::api::cvi::ClusterVirtualImage;
@@ -21,6 +19,7 @@ use crate::import::source::http::HttpSourceOptions;
 use crate::import::source::upload::UploadGate;
 use crate::k8s::leader_pod::{LEADER_LABEL, Marked};
 use crate::k8s::lease::{self, Election, LeaseConfig, Timings};
+use crate::k8s::secrets::{SecretReader, registry_credentials};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
 
@@ -125,6 +124,24 @@ pub struct ControllerArgs {
     /// One attempt of an import ends after this many minutes (ImportDeadlineExceeded).
     #[arg(long, env = "IMPORT_DEADLINE_MINUTES", default_value_t = 1440)]
     pub import_deadline_minutes: u64,
+    /// A namespace whose Secrets CVIs may name as imagePullSecrets (repeatable; the daemon's
+    /// own namespace always may, any other is refused): the daemon needs the right to read
+    /// Secrets there, which the chart's pullSecretNamespaces binds.
+    #[arg(
+        long = "pull-secret-namespace",
+        env = "PULL_SECRET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub pull_secret_namespaces: Vec<String>,
+    /// A host commit checks may be sent to besides the catalog's repository host and
+    /// api.<that host> (repeatable): for a forge whose API lives elsewhere. Any other apiURL
+    /// gets no token.
+    #[arg(
+        long = "forge-api-host",
+        env = "FORGE_API_HOSTS",
+        value_delimiter = ','
+    )]
+    pub forge_api_hosts: Vec<String>,
     /// Attempts of one import after transient failures before it ends in Failed.
     #[arg(long, default_value_t = 5)]
     pub max_import_attempts: u32,
@@ -529,6 +546,7 @@ fn start_leader_parts(
             namespace: args.namespace.clone(),
             cache_dir: git_cache_dir(args),
             api_concurrency: args.sync_api_concurrency.max(1),
+            forge_api_hosts: args.forge_api_hosts.clone(),
         };
         let sync = crate::sync::controller::new(client.clone(), settings, metrics.clone());
         let hooks = crate::sync::webhook::router(
@@ -575,6 +593,7 @@ fn start_leader_parts(
             retry_backoff: Duration::from_secs(10),
             status_interval: Duration::from_secs(2),
             namespace: args.namespace.clone(),
+            pull_secret_namespaces: args.pull_secret_namespaces.clone(),
             upload_timeout: Duration::from_secs(args.upload_timeout_seconds),
             upload_external_base: external_upload_base(
                 args.upload_external_url.as_deref(),
@@ -606,10 +625,10 @@ fn start_leader_parts(
             let publishers = args.catalog_controller.then(|| {
                 crate::sync::publish::Publishers::new(
                     client.clone(),
-                    crate::sync::controller::SyncSettings {
+                    crate::sync::publish::PublishSettings {
                         namespace: args.namespace.clone(),
                         cache_dir: git_cache_dir(args).join(".verify"),
-                        api_concurrency: 1,
+                        forge_api_hosts: args.forge_api_hosts.clone(),
                     },
                 )
             });
@@ -684,13 +703,13 @@ pub async fn dvcr_config(
     };
     let (username, password) = match &args.dvcr_auth_secret {
         Some(secret) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let secret = secrets
-                .get(secret)
+            let reader = SecretReader::new(client.clone(), namespace, []);
+            let secret = reader
+                .own_secret(secret)
                 .await
-                .with_context(|| format!("reading the DVCR auth Secret {}/{secret}", namespace))?;
-            let (username, password) = registry_credentials(&secret, &registry)?;
-            (Some(username), Some(password))
+                .context("reading the DVCR auth Secret")?;
+            let credentials = registry_credentials(&secret, &registry)?;
+            (Some(credentials.username), Some(credentials.password))
         }
         None => (args.dvcr_username.clone(), args.dvcr_password.clone()),
     };
@@ -702,71 +721,9 @@ pub async fn dvcr_config(
     })
 }
 
-/// A registry as dockerconfigjson keys name it, normalised: no scheme, no path, and Docker
-/// Hub under one name (`https://index.docker.io/v1/`, `docker.io`, `index.docker.io`).
-fn registry_key(host: &str) -> String {
-    let host = host.split_once("://").map_or(host, |(_, rest)| rest);
-    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
-    match host.as_str() {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
-        _ => host,
-    }
-}
-
-/// The user name and password for `registry` in a dockerconfigjson Secret.
-pub fn registry_credentials(secret: &Secret, registry: &str) -> anyhow::Result<(String, String)> {
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(".dockerconfigjson"))
-        .with_context(|| format!("Secret {name} has no .dockerconfigjson key; it must be of type kubernetes.io/dockerconfigjson"))?;
-    let config: serde_json::Value = serde_json::from_slice(&data.0)
-        .with_context(|| format!("Secret {name}: .dockerconfigjson is not JSON"))?;
-    let auths = config["auths"]
-        .as_object()
-        .with_context(|| format!("Secret {name}: no \"auths\" in .dockerconfigjson"))?;
-    let entry = auths
-        .iter()
-        .find(|(host, _)| registry_key(host) == registry_key(registry))
-        .map(|(_, entry)| entry)
-        .with_context(|| format!("Secret {name} has no credentials for {registry}"))?;
-    if let (Some(user), Some(pass)) = (entry["username"].as_str(), entry["password"].as_str()) {
-        return Ok((user.to_string(), pass.to_string()));
-    }
-    let auth = entry["auth"].as_str().with_context(|| {
-        format!("Secret {name}: the entry for {registry} has neither username/password nor auth")
-    })?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .with_context(|| {
-            format!("Secret {name}: the auth of {registry} is not base64 of user:password")
-        })?;
-    let (user, pass) = decoded
-        .split_once(':')
-        .with_context(|| format!("Secret {name}: the auth of {registry} is not user:password"))?;
-    Ok((user.to_string(), pass.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::ByteString;
-
-    fn secret(json: &str) -> Secret {
-        let mut secret = Secret::default();
-        secret.metadata.name = Some("dvcr-auth".into());
-        secret.data = Some(
-            [(
-                ".dockerconfigjson".to_string(),
-                ByteString(json.as_bytes().to_vec()),
-            )]
-            .into(),
-        );
-        secret
-    }
 
     #[test]
     fn the_external_upload_url_is_the_configured_one_or_a_real_listen_address_or_none() {
@@ -782,47 +739,5 @@ mod tests {
             external_upload_base(None, local).as_deref(),
             Some("http://127.0.0.1:8081")
         );
-    }
-
-    #[test]
-    fn credentials_come_from_auth_or_from_username_and_password() {
-        let by_auth = secret(r#"{"auths":{"dvcr.example:5000":{"auth":"dXNlcjpwYTpzcw=="}}}"#);
-        assert_eq!(
-            registry_credentials(&by_auth, "dvcr.example:5000").unwrap(),
-            ("user".into(), "pa:ss".into())
-        );
-        let by_fields =
-            secret(r#"{"auths":{"https://dvcr.example:5000/":{"username":"u","password":"p"}}}"#);
-        assert_eq!(
-            registry_credentials(&by_fields, "dvcr.example:5000").unwrap(),
-            ("u".into(), "p".into())
-        );
-    }
-
-    #[test]
-    fn docker_hub_credentials_match_whatever_name_the_secret_uses() {
-        let hub =
-            secret(r#"{"auths":{"https://index.docker.io/v1/":{"username":"h","password":"p"}}}"#);
-        assert_eq!(
-            registry_credentials(&hub, "index.docker.io").unwrap(),
-            ("h".into(), "p".into())
-        );
-        assert_eq!(
-            registry_credentials(&hub, "docker.io").unwrap(),
-            ("h".into(), "p".into())
-        );
-    }
-
-    #[test]
-    fn a_secret_without_the_registry_says_so_without_revealing_other_credentials() {
-        let other = secret(r#"{"auths":{"other:5000":{"username":"u","password":"hunter2"}}}"#);
-        let error = registry_credentials(&other, "dvcr.example:5000")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("no credentials for dvcr.example:5000"),
-            "{error}"
-        );
-        assert!(!error.contains("hunter2"));
     }
 }

@@ -9,6 +9,7 @@ use kube::api::ListParams;
 
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::ImageCatalog;
+use crate::k8s::secrets::SecretReader;
 use crate::sync::controller::dry_run;
 use crate::sync::plan::{self, Change};
 use crate::sync::source;
@@ -49,7 +50,8 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
         None => {
             let cache = tempfile::tempdir().context("creating a folder for the Git fetch")?;
             let fetched = async {
-                let credentials = source::credentials(&client, &args.namespace, &catalog).await?;
+                let secrets = SecretReader::new(client.clone(), args.namespace.clone(), []);
+                let credentials = source::credentials(&secrets, &catalog).await?;
                 source::fetch(cache.path(), &catalog, credentials, None).await
             }
             .await;

@@ -45,7 +45,7 @@ fn world() -> &'static World {
         // scripts/testenv applied the CRDs and the admission policy from deploy/.
         let kubeconfig = env.daemon_kubeconfig(dir.path());
         let webhook_secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: test-webhook, namespace: image-catalog}}\nstringData: {{token: {WEBHOOK_SECRET}}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: test-webhook, namespace: image-catalog, labels: {{imagecatalog.dev/catalog-secret: \"true\"}}}}\nstringData: {{token: {WEBHOOK_SECRET}}}\n"
         );
         let out = env.kubectl_with_input(&["apply", "-f", "-"], &webhook_secret);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -826,20 +826,33 @@ fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking
         "one image",
     );
     let server = HttpGitServer::start(&repo.root);
-    let secret = |password: &str| {
+    let secret_labelled = |password: &str, label: &str| {
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cat-http-git, namespace: image-catalog}}\n\
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cat-http-git, namespace: image-catalog, labels: {{imagecatalog.dev/catalog-secret: \"{label}\"}}}}\n\
              stringData: {{username: {}, password: '{password}'}}\n",
             server.username
         )
     };
-    apply(&secret("not-the-password"));
+    let secret = |password: &str| secret_labelled(password, "true");
+    // A Secret not labelled for catalogs is not used, even with the right password: a
+    // catalog could otherwise send any Secret of the namespace to a host of its choosing.
+    apply(&secret_labelled(&server.password, "false"));
     apply(&format!(
         "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: cat-http}}\n\
          spec:\n  git: {{url: '{}', ref: {{branch: main}}, path: images, secretRef: {{name: cat-http-git}}}}\n  interval: 2s\n\
          \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n",
         server.url(TestRepo::NAME)
     ));
+    let unlabelled = wait_for_catalog("cat-http", "the unlabelled Secret refused", |c| {
+        condition(c, "Ready").is_some_and(|r| r["reason"] == "GitCredentialsNotLabelled")
+    });
+    let message = condition(&unlabelled, "Ready").unwrap()["message"].to_string();
+    assert!(
+        message.contains("imagecatalog.dev/catalog-secret=true"),
+        "{message}"
+    );
+    assert!(!unlabelled.to_string().contains(&server.password));
+    apply(&secret("not-the-password"));
     let failing = wait_for_catalog("cat-http", "the authentication failure", |c| {
         condition(c, "Ready").is_some_and(|r| r["reason"] == "GitAuthenticationFailed")
     });
@@ -858,7 +871,7 @@ fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
         project: "platform/images/catalog".into(),
     });
     apply(
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: cat-forge-gitlab, namespace: image-catalog}\n\
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: cat-forge-gitlab, namespace: image-catalog, labels: {imagecatalog.dev/catalog-secret: \"true\"}}\n\
          stringData: {token: glpat-forge-s3cret}\n",
     );
     let repo = TestRepo::new();
@@ -937,7 +950,11 @@ fn ssh_with_a_key_syncs_and_an_unknown_host_key_stops_the_fetch() {
         serde_json::json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "cat-ssh-git", "namespace": "image-catalog"},
+            "metadata": {
+                "name": "cat-ssh-git",
+                "namespace": "image-catalog",
+                "labels": {"imagecatalog.dev/catalog-secret": "true"},
+            },
             "stringData": {"identity": server.identity, "known_hosts": known_hosts},
         })
         .to_string()

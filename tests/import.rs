@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 const SUITE: &str = "import";
 /// Short, so the test of the timeout does not wait long; the other upload tests upload at once.
 const UPLOAD_TIMEOUT: u64 = 20;
+/// The namespaces whose imagePullSecrets the suite's daemon may read.
+const PULL_SECRET_NAMESPACES: &str = "registry-secrets,late-secrets";
 
 struct World {
     env: &'static TestEnv,
@@ -47,7 +49,13 @@ fn world() -> &'static World {
         let http = FileServer::start(&images);
         let https = FileServer::start_https(&images);
         let metrics_port = free_port();
-        let controller = start_controller(env, dir.path(), SUITE, metrics_port, "");
+        let controller = start_controller(
+            env,
+            dir.path(),
+            SUITE,
+            metrics_port,
+            &format!("--pull-secret-namespace {PULL_SECRET_NAMESPACES}"),
+        );
         World {
             env,
             metrics_port,
@@ -1099,6 +1107,27 @@ fn container_image_source(image: &str, ca_bundle: &str, secret: Option<(&str, &s
     serde_json::json!({"type": "ContainerImage", "containerImage": block})
 }
 
+/// Makes `namespace` and lets the daemon read Secrets there, as the chart's
+/// pullSecretNamespaces does.
+fn bind_pull_secrets(env: &TestEnv, namespace: &str) {
+    let _ = env
+        .kubectl()
+        .args(["create", "namespace", namespace])
+        .output();
+    let _ = env
+        .kubectl()
+        .args([
+            "create",
+            "rolebinding",
+            "image-catalog-pull-secrets",
+            "-n",
+            namespace,
+            "--clusterrole=image-catalog-pull-secrets",
+            "--serviceaccount=image-catalog:image-catalog",
+        ])
+        .output();
+}
+
 fn pull_secret(
     env: &TestEnv,
     namespace: &str,
@@ -1107,10 +1136,7 @@ fn pull_secret(
     user: &str,
     password: &str,
 ) {
-    let _ = env
-        .kubectl()
-        .args(["create", "namespace", namespace])
-        .output();
+    bind_pull_secrets(env, namespace);
     let _ = env
         .kubectl()
         .args([
@@ -1203,10 +1229,7 @@ fn a_missing_pull_secret_keeps_the_image_pending_until_the_secret_appears() {
         &[("disk/disk.vdi", &world.images.join("disk.vdi"))],
         true,
     );
-    let _ = env
-        .kubectl()
-        .args(["create", "namespace", "late-secrets"])
-        .output();
+    bind_pull_secrets(env, "late-secrets");
     let _ = env
         .kubectl()
         .args([
@@ -1254,6 +1277,56 @@ fn a_missing_pull_secret_keeps_the_image_pending_until_the_secret_appears() {
         !message.contains(&password),
         "the registry password never reaches the status"
     );
+}
+
+#[test]
+fn a_pull_secret_outside_the_allowed_namespaces_is_never_read() {
+    use common::source_registry::SourceRegistry;
+    let world = world();
+    let env = world.env;
+    let private = SourceRegistry::start_private();
+    let image = private.push_container_disk(
+        "tenant/secret:1",
+        &[("disk/disk.vdi", &world.images.join("disk.vdi"))],
+        true,
+    );
+    // A valid Secret the daemon's account could even read: still not one a CVI may name,
+    // since anyone who writes the catalog would borrow a tenant's registry credentials.
+    let (user, password) = private.credentials().unwrap();
+    pull_secret(
+        env,
+        "tenant-secrets",
+        "registry",
+        &private.host(),
+        &user,
+        &password,
+    );
+    create_from(
+        env,
+        "borrows-a-tenant-secret",
+        container_image_source(
+            &image,
+            &private.ca_bundle_base64(),
+            Some(("tenant-secrets", "registry")),
+        ),
+    );
+    let refused = wait_for(
+        "the image to be refused its Secret",
+        Duration::from_secs(60),
+        || {
+            get(env, "borrows-a-tenant-secret").filter(|cvi| {
+                condition(cvi, "DatasourceReady")["reason"] == "ImagePullSecretNamespaceNotAllowed"
+            })
+        },
+    );
+    assert_eq!(phase(&refused), "Pending");
+    let message = condition(&refused, "DatasourceReady")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("tenant-secrets/registry"), "{message}");
+    assert!(message.contains("--pull-secret-namespace"), "{message}");
+    assert!(!serde_json::to_string(&refused).unwrap().contains(&password));
 }
 
 #[test]

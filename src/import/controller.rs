@@ -38,8 +38,8 @@ use crate::import::status::{
     interrupted_by_restart, next_status, starting_point,
 };
 use crate::k8s::cvi_status::{CviStatusStore, Target, WriteError};
+use crate::k8s::secrets::{self, SecretError, SecretReader};
 use crate::metrics::Metrics;
-use k8s_openapi::api::core::v1::Secret;
 
 /// Removed only after the image is gone from DVCR.
 pub const FINALIZER: &str = "imagecatalog.dev/dvcr-cleanup";
@@ -61,6 +61,8 @@ pub struct ControllerSettings {
     pub status_interval: Duration,
     /// The daemon's namespace: where imagePullSecrets without a namespace are looked up.
     pub namespace: String,
+    /// Other namespaces imagePullSecrets may be read in; any other is refused.
+    pub pull_secret_namespaces: Vec<String>,
     /// How long an Upload image waits for its upload before it fails.
     pub upload_timeout: Duration,
     /// Base of the upload URL reachable from outside the cluster (`<base>/upload/<token>`).
@@ -81,6 +83,7 @@ pub struct Context {
     recorder: Recorder,
     uploads: Arc<UploadGate>,
     statuses: CviStatusStore,
+    secrets: SecretReader,
 }
 
 struct TrackedImport {
@@ -129,6 +132,11 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             statuses: CviStatusStore::new(client.clone()),
+            secrets: SecretReader::new(
+                client.clone(),
+                settings.namespace.clone(),
+                settings.pull_secret_namespaces.iter().cloned(),
+            ),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_imports.max(1))),
             client,
             dvcr,
@@ -879,35 +887,29 @@ async fn wait_for_pull_secret(
     let namespace = source
         .image_pull_secret
         .as_ref()
-        .and_then(|s| s.namespace.clone())
-        .unwrap_or_else(|| ctx.settings.namespace.clone());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        .and_then(|s| s.namespace.clone());
     let registry = registry_host(&source.image);
     loop {
-        let (reason, message) = match secrets.get_opt(&name).await {
-            Ok(Some(secret)) => match crate::daemon::registry_credentials(&secret, &registry) {
-                Ok((username, password)) => {
-                    return Ok(Some(RegistryCredentials { username, password }));
-                }
+        let (reason, message) = match ctx.secrets.pull_secret(namespace.as_deref(), &name).await {
+            Ok(secret) => match secrets::registry_credentials(&secret, &registry) {
+                Ok(credentials) => return Ok(Some(credentials)),
                 Err(error) => (
-                    "ImagePullSecretInvalid",
-                    format!("{error:#}; fix the Secret and the import starts by itself."),
+                    "ImagePullSecretInvalid".to_string(),
+                    format!("{error}; fix the Secret and the import starts by itself."),
                 ),
             },
-            Ok(None) => (
-                "ImagePullSecretNotFound",
+            Err(error @ SecretError::NotFound { .. }) => (
+                error.reason("ImagePullSecret"),
                 format!(
-                    "The imagePullSecret {namespace}/{name} does not exist; create it (type kubernetes.io/dockerconfigjson) and the import starts by itself."
+                    "The imagePullSecret {}/{name} does not exist; create it (type kubernetes.io/dockerconfigjson) and the import starts by itself.",
+                    namespace.as_deref().unwrap_or(ctx.secrets.namespace())
                 ),
             ),
-            Err(error) => (
-                "ImagePullSecretUnreadable",
-                format!("Reading the imagePullSecret {namespace}/{name} failed: {error}"),
-            ),
+            Err(error) => (error.reason("ImagePullSecret"), format!("{error}.")),
         };
         writer
             .write_now(&ImportState::Waiting {
-                reason: reason.into(),
+                reason,
                 message,
                 source_blocked: true,
             })

@@ -1,7 +1,8 @@
 //! Kubernetes plumbing shared by the controllers: the one writer of ClusterVirtualImage
-//! status, the leader-election Lease and the label that routes leader-only traffic to the
+//! status, the one reader of Secrets, the leader-election Lease and the label that routes leader-only traffic to the
 //! leader's pod.
 
 pub mod cvi_status;
 pub mod leader_pod;
 pub mod lease;
+pub mod secrets;

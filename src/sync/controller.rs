@@ -19,12 +19,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::plan::{self, Change, FIELD_MANAGER, Plan, PlannedImage};
-use super::publish::Publishers;
+use super::publish::{PublishSettings, Publishers};
 use super::status::{self, ImageState, Outcome};
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::{ImageCatalog, ImageCatalogStatus, keys};
 use crate::api::status::condition::READY;
 use crate::catalog::{CatalogImage, Problem};
+use crate::k8s::secrets::SecretReader;
 use crate::metrics::{CatalogLabel, Metrics, SyncLabel};
 
 /// Removed once the catalog's images are pruned (with `prune: true`).
@@ -40,6 +41,8 @@ pub struct SyncSettings {
     pub cache_dir: PathBuf,
     /// Parallel API calls while dry-running and applying.
     pub api_concurrency: usize,
+    /// Hosts commit checks may go to besides the repository's own (`--forge-api-host`).
+    pub forge_api_hosts: Vec<String>,
 }
 
 pub struct Context {
@@ -48,6 +51,7 @@ pub struct Context {
     images: Store<ClusterVirtualImage>,
     memory: Mutex<HashMap<String, Memory>>,
     publishers: Publishers,
+    secrets: SecretReader,
     metrics: Arc<Metrics>,
     recorder: Recorder,
 }
@@ -112,7 +116,15 @@ pub fn new(client: Client, settings: SyncSettings, metrics: Arc<Metrics>) -> Syn
         },
     );
     let context = Arc::new(Context {
-        publishers: Publishers::new(client.clone(), settings.clone()),
+        publishers: Publishers::new(
+            client.clone(),
+            PublishSettings {
+                namespace: settings.namespace.clone(),
+                cache_dir: settings.cache_dir.clone(),
+                forge_api_hosts: settings.forge_api_hosts.clone(),
+            },
+        ),
+        secrets: SecretReader::new(client.clone(), settings.namespace.clone(), []),
         client: client.clone(),
         settings,
         images: reader,
@@ -355,8 +367,7 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
     {
         return Ok(memory.clone());
     }
-    let credentials =
-        super::source::credentials(&ctx.client, &ctx.settings.namespace, catalog).await?;
+    let credentials = super::source::credentials(&ctx.secrets, catalog).await?;
     // Same commit and same spec: the files are what the last fetch read.
     let same_spec = remembered.as_ref().filter(|m| m.generation == generation);
     let fetched = super::source::fetch(

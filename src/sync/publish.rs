@@ -6,14 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::controller::SyncSettings;
 use super::status::{self, ImageState, Outcome};
 use crate::api::catalog::{CommitStatusProvider, ImageCatalog};
 use crate::git::{self, GitCredentials};
+use crate::k8s::secrets::SecretReader;
 use crate::report::{
     CheckState, CommitCheck, ForgeConfig, ForgeCredentials, ProviderKind, Reporter,
 };
@@ -21,9 +20,20 @@ use crate::report::{
 /// The notes ref the `GitNotes` provider writes.
 pub const NOTES_REF: &str = "refs/notes/image-catalog";
 
+/// Where commit checks may go and where their Git caches live.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// The daemon's namespace: where the catalogs' Secrets live.
+    pub namespace: String,
+    /// The notes caches, one folder per catalog.
+    pub cache_dir: PathBuf,
+    /// Hosts commit checks may go to besides the repository's own (`--forge-api-host`).
+    pub forge_api_hosts: Vec<String>,
+}
+
 pub struct Publishers {
-    client: Client,
-    settings: SyncSettings,
+    secrets: SecretReader,
+    settings: PublishSettings,
     sinks: Mutex<HashMap<String, (String, Sink)>>,
     /// The last check sent per catalog: (commit, state).
     last: Mutex<HashMap<String, (String, CheckState)>>,
@@ -45,9 +55,9 @@ impl Sink {
 }
 
 impl Publishers {
-    pub fn new(client: Client, settings: SyncSettings) -> Self {
+    pub fn new(client: Client, settings: PublishSettings) -> Self {
         Self {
-            client,
+            secrets: SecretReader::new(client, settings.namespace.clone(), []),
             settings,
             sinks: Mutex::new(HashMap::new()),
             last: Mutex::new(HashMap::new()),
@@ -123,7 +133,14 @@ impl Publishers {
         }
         .map(|s| s.name.clone());
         let (data, version) = match &secret_name {
-            Some(secret) => self.read_secret(secret).await?,
+            Some(secret) => {
+                let secret = self
+                    .secrets
+                    .catalog_secret(secret)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                (secret.data, secret.resource_version)
+            }
             None => (BTreeMap::new(), String::new()),
         };
         let key = format!(
@@ -173,12 +190,18 @@ impl Publishers {
                         ProviderKind::GitLab
                     }
                 };
+                let api_url = settings
+                    .api_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.github.com".into());
+                forge_api_allowed(
+                    &catalog.spec.git.url,
+                    &api_url,
+                    &self.settings.forge_api_hosts,
+                )?;
                 let config = ForgeConfig {
                     kind,
-                    api_url: settings
-                        .api_url
-                        .clone()
-                        .unwrap_or_else(|| "https://api.github.com".into()),
+                    api_url,
                     repository: settings.repository.clone().unwrap_or_default(),
                     credentials,
                     ca_pem: data.get("ca.crt").cloned(),
@@ -195,30 +218,57 @@ impl Publishers {
         }
         Ok(sink)
     }
+}
 
-    async fn read_secret(&self, name: &str) -> Result<(BTreeMap<String, Vec<u8>>, String), String> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        match api.get_opt(name).await {
-            Ok(Some(secret)) => {
-                let version = secret.resource_version().unwrap_or_default();
-                let data = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(key, value)| (key, value.0))
-                    .collect();
-                Ok((data, version))
+/// The host of a Git remote URL: `https://host/…`, `ssh://user@host:port/…`, `git://host/…` or
+/// scp-like `user@host:path`.
+fn remote_host(url: &str) -> Option<String> {
+    let host = match url.split_once("://") {
+        Some((_, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let authority = authority.rsplit('@').next().unwrap_or_default();
+            match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.split(':').next().unwrap_or_default(),
             }
-            Ok(None) => Err(format!(
-                "Secret {}/{name} does not exist",
-                self.settings.namespace
-            )),
-            Err(error) => Err(format!(
-                "reading Secret {}/{name}: {error}",
-                self.settings.namespace
-            )),
         }
+        None => {
+            let (before_path, _) = url.split_once(':')?;
+            before_path.rsplit('@').next().unwrap_or_default()
+        }
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether a catalog's commit-status token may go to `api_url`: only to the repository's own
+/// host, `api.` of it (GitHub's `api.github.com`), or a host the operator allowed — otherwise
+/// whoever writes an ImageCatalog could send a forge token anywhere.
+pub fn forge_api_allowed(
+    repository_url: &str,
+    api_url: &str,
+    allowed_hosts: &[String],
+) -> Result<(), String> {
+    let api_host = reqwest::Url::parse(api_url)
+        .ok()
+        .and_then(|url| {
+            url.host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        })
+        .ok_or_else(|| format!("apiURL {api_url} is not a URL with a host"))?;
+    let repository_host = remote_host(repository_url);
+    let own = repository_host
+        .as_ref()
+        .is_some_and(|repo| api_host == *repo || api_host == format!("api.{repo}"));
+    let listed = allowed_hosts
+        .iter()
+        .any(|host| host.trim().eq_ignore_ascii_case(&api_host));
+    if own || listed {
+        return Ok(());
     }
+    Err(format!(
+        "apiURL host {api_host} is neither the repository's host ({}) nor allowed: the token is not sent; correct commitStatus.apiURL, or allow the host with --forge-api-host (the chart's forgeAPIHosts)",
+        repository_host.as_deref().unwrap_or("unknown")
+    ))
 }
 
 /// The `GitNotes` provider: one note per commit under `refs/notes/image-catalog` in the
@@ -369,6 +419,59 @@ pub fn note_section(check: &CommitCheck) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forge_token_goes_only_to_the_repositorys_host_or_an_allowed_one() {
+        let none: &[String] = &[];
+        for (repository, api) in [
+            (
+                "https://github.com/platform/images.git",
+                "https://api.github.com",
+            ),
+            (
+                "git@gitlab.example.com:platform/images.git",
+                "https://gitlab.example.com/api/v4",
+            ),
+            (
+                "ssh://git@Gitea.Example.com:2222/p/i.git",
+                "https://gitea.example.com:3000",
+            ),
+            ("http://127.0.0.1:3000/p/i.git", "http://127.0.0.1:8929"),
+            ("https://[::1]:3000/p/i.git", "http://[::1]:8929"),
+        ] {
+            assert_eq!(
+                forge_api_allowed(repository, api, none),
+                Ok(()),
+                "{repository} {api}"
+            );
+        }
+        let error = forge_api_allowed(
+            "https://github.com/p/i.git",
+            "https://collector.example",
+            none,
+        )
+        .unwrap_err();
+        assert!(error.contains("collector.example"), "{error}");
+        assert!(error.contains("--forge-api-host"), "{error}");
+        assert!(
+            forge_api_allowed(
+                "https://github.com/p/i.git",
+                "https://api.github.com.evil.example",
+                none
+            )
+            .is_err()
+        );
+        assert!(forge_api_allowed("https://git.example/p/i.git", "not a url", none).is_err());
+        let allowed = ["forge-api.internal".to_string()];
+        assert_eq!(
+            forge_api_allowed(
+                "https://git.example/p/i.git",
+                "https://FORGE-API.internal/api",
+                &allowed
+            ),
+            Ok(())
+        );
+    }
 
     #[test]
     fn a_note_keeps_the_sections_of_other_writers_and_replaces_ours() {

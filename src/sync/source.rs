@@ -1,57 +1,36 @@
 //! Reading a catalog's commit: credentials from its Secret, a fetch off the async runtime,
 //! the catalog files under its path. Shared by the controller and `image-catalog plan`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
 
 use super::status::Outcome;
 use crate::api::catalog::ImageCatalog;
 use crate::catalog::{self, CatalogImage, Location, Problem, SourceFile};
 use crate::git::{self, GitCredentials, GitReference};
+use crate::k8s::secrets::{SecretError, SecretReader};
 
 /// The Git credentials a catalog names, or a FetchFailed outcome that says what is wrong.
 pub async fn credentials(
-    client: &Client,
-    namespace: &str,
+    secrets: &SecretReader,
     catalog: &ImageCatalog,
 ) -> Result<GitCredentials, Outcome> {
     let Some(secret) = &catalog.spec.git.secret_ref else {
         return Ok(GitCredentials::default());
     };
-    let data = read_secret(client, namespace, &secret.name)
+    let secret = secrets
+        .catalog_secret(&secret.name)
         .await
-        .map_err(|message| Outcome::FetchFailed {
-            reason: "GitCredentialsMissing".into(),
-            message,
+        .map_err(|error| Outcome::FetchFailed {
+            reason: match error {
+                SecretError::NotFound { .. } => "GitCredentialsMissing".into(),
+                _ => error.reason("GitCredentials"),
+            },
+            message: format!("{error}, or remove spec.git.secretRef"),
         })?;
-    GitCredentials::from_secret_data(&data).map_err(|error| Outcome::FetchFailed {
+    GitCredentials::from_secret_data(&secret.data).map_err(|error| Outcome::FetchFailed {
         reason: error.reason().into(),
-        message: format!("Secret {namespace}/{}: {error}", secret.name),
+        message: format!("Secret {}/{}: {error}", secret.namespace, secret.name),
     })
-}
-
-/// A Secret's data, with a message that says what to do when it cannot be read.
-pub async fn read_secret(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect()),
-        Ok(None) => Err(format!(
-            "Secret {namespace}/{name} does not exist; create it with the credentials, or remove the secretRef"
-        )),
-        Err(error) => Err(format!("reading Secret {namespace}/{name}: {error}")),
-    }
 }
 
 pub struct Fetched {

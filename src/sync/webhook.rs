@@ -11,12 +11,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::Semaphore;
 
 use super::controller::SyncTrigger;
 use crate::api::catalog::ImageCatalog;
+use crate::k8s::secrets::{SecretError, SecretReader};
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// The largest body read. Forges send up to 25 MiB (GitHub), but a push to a catalog
@@ -56,6 +56,11 @@ pub enum HookError {
     NotConfigured,
     #[error("the webhook Secret is missing or has no `token` key")]
     SecretMissing,
+    #[error(
+        "the webhook Secret is not labelled {}=true, so no catalog may use it",
+        crate::k8s::secrets::CATALOG_SECRET_LABEL
+    )]
+    SecretNotForCatalogs,
     #[error("the body is larger than {} KiB", MAX_BODY >> 10)]
     BodyTooLarge,
     #[error("the body did not arrive within {} s, or broke off", BODY_TIMEOUT.as_secs())]
@@ -68,7 +73,9 @@ impl HookError {
         match self {
             Self::Unsigned | Self::BadSignature => "bad_signature",
             Self::InvalidName | Self::UnknownCatalog => "unknown_catalog",
-            Self::NotConfigured | Self::SecretMissing => "not_configured",
+            Self::NotConfigured | Self::SecretMissing | Self::SecretNotForCatalogs => {
+                "not_configured"
+            }
             Self::BodyTooLarge | Self::BodyIncomplete => "bad_body",
         }
     }
@@ -198,7 +205,7 @@ fn is_catalog_name(name: &str) -> bool {
 #[derive(Clone)]
 struct HookState {
     client: Client,
-    namespace: String,
+    secrets: SecretReader,
     trigger: SyncTrigger,
     metrics: Arc<Metrics>,
     calls: Arc<Semaphore>,
@@ -214,8 +221,8 @@ pub fn router(
     Router::new()
         .route("/hooks/{catalog}", post(hook))
         .with_state(HookState {
+            secrets: SecretReader::new(client.clone(), namespace, []),
             client,
-            namespace,
             trigger,
             metrics,
             calls: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS)),
@@ -316,15 +323,21 @@ async fn check(
         Err(error) => return Err(Refusal::Api("catalog", error)),
     };
     let secret_name = secret_name.ok_or(HookError::NotConfigured)?;
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &state.namespace);
-    let secret = match secrets.get_opt(&secret_name).await {
-        Ok(secret) => secret
-            .and_then(|secret| secret.data)
-            .and_then(|mut data| data.remove("token"))
-            .map(|token| token.0)
+    let secret = match state.secrets.catalog_secret(&secret_name).await {
+        Ok(mut secret) => secret
+            .data
+            .remove("token")
             .filter(|token| !token.is_empty())
             .ok_or(HookError::SecretMissing)?,
-        Err(error) => return Err(Refusal::Api("webhook Secret", error)),
+        Err(SecretError::NotForCatalogs { .. }) => {
+            return Err(HookError::SecretNotForCatalogs.into());
+        }
+        Err(SecretError::Unreadable { source, .. }) => {
+            return Err(Refusal::Api("webhook Secret", source));
+        }
+        Err(SecretError::NotFound { .. } | SecretError::NamespaceNotAllowed { .. }) => {
+            return Err(HookError::SecretMissing.into());
+        }
     };
     let mut check = BodyCheck::new(proof, &secret);
     let mut stream = body.into_data_stream();

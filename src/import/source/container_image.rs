@@ -28,20 +28,7 @@ use oci_client::{Client, Reference};
 use super::{SourceError, find_tls_error, reason};
 
 /// Credentials for the registry of the image, from the imagePullSecret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryCredentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryCredentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
+pub use crate::k8s::secrets::RegistryCredentials;
 
 /// The registry part of an image reference, as the client contacts it: `docker.io` (also
 /// implied by references without a registry) becomes `index.docker.io`, as in oci-client's
