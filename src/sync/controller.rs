@@ -40,6 +40,8 @@ pub struct SyncSettings {
     pub cache_dir: PathBuf,
     /// Parallel API calls while dry-running and applying.
     pub api_concurrency: usize,
+    /// Where Git remotes may be: checked before every fetch and push.
+    pub egress: std::sync::Arc<crate::egress::EgressPolicy>,
 }
 
 pub struct Context {
@@ -364,6 +366,7 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
         catalog,
         credentials,
         same_spec.map(|m| m.commit.clone()),
+        &ctx.settings.egress,
     )
     .await?;
     let loaded = match (fetched.files, same_spec) {

@@ -21,6 +21,18 @@ pub async fn credentials(
     let Some(secret) = &catalog.spec.git.secret_ref else {
         return Ok(GitCredentials::default());
     };
+    // Refused before the Secret is even read: over http:// or git:// anyone on the path
+    // reads the credentials.
+    if let Some(scheme) = git::plaintext_scheme(&catalog.spec.git.url) {
+        return Err(Outcome::FetchFailed {
+            reason: "GitCredentialsInsecure".into(),
+            message: format!(
+                "spec.git.secretRef {} is paired with the {scheme}:// URL {}, which is unencrypted: credentials are never sent that way; use an https:// or ssh:// URL, or remove the secretRef",
+                secret.name,
+                redact(&catalog.spec.git.url)
+            ),
+        });
+    }
     let data = read_secret(client, namespace, &secret.name)
         .await
         .map_err(|message| Outcome::FetchFailed {
@@ -68,6 +80,7 @@ pub async fn fetch(
     catalog: &ImageCatalog,
     credentials: GitCredentials,
     known_commit: Option<String>,
+    egress: &std::sync::Arc<crate::egress::EgressPolicy>,
 ) -> Result<Fetched, Outcome> {
     let git = &catalog.spec.git;
     let reference = match (
@@ -88,8 +101,9 @@ pub async fn fetch(
     let cache: PathBuf = cache.to_path_buf();
     let url = git.url.clone();
     let path = git.path.clone();
+    let egress = egress.clone();
     tokio::task::spawn_blocking(move || {
-        let fetched = git::fetch(&cache, &url, &reference, &credentials)?;
+        let fetched = git::fetch(&cache, &url, &reference, &credentials, &egress)?;
         if known_commit.as_deref() == Some(fetched.commit.as_str()) {
             return Ok(Fetched {
                 commit: fetched.commit,
