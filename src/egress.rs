@@ -151,9 +151,9 @@ impl fmt::Display for Refusal {
         };
         let why = match &self.denied_by {
             DeniedBy::Default(rule) => {
-                format!("refused by default (link-local range {rule})")
+                format!("link-local addresses ({rule}) are refused by default")
             }
-            DeniedBy::Flag(rule) => format!("refused by --source-deny {rule}"),
+            DeniedBy::Flag(rule) => format!("it matches --source-deny {rule}"),
         };
         let open = match (&self.host, self.ip) {
             (Some(host), Some(ip)) => {
@@ -165,8 +165,8 @@ impl fmt::Display for Refusal {
         };
         write!(
             f,
-            "the connection to {target} is {why} by the daemon's source egress policy; if this \
-             source is meant to be reachable, start the daemon with {open}"
+            "the daemon's source egress policy refuses the connection to {target}: {why}; if \
+             this source is meant to be reachable, start the daemon with {open}"
         )
     }
 }
@@ -624,7 +624,10 @@ mod tests {
             text.contains("metadata.internal (169.254.169.254, a link-local address"),
             "{text}"
         );
-        assert!(text.contains("refused by default"), "{text}");
+        assert!(
+            text.contains("(169.254.0.0/16) are refused by default"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "--source-allow 169.254.169.254/32 (or --source-allow metadata.internal)"
@@ -637,7 +640,7 @@ mod tests {
         let text = refusal.to_string();
         assert!(text.contains("10.9.8.7 (a private address)"), "{text}");
         assert!(
-            text.contains("refused by --source-deny 10.0.0.0/8"),
+            text.contains("it matches --source-deny 10.0.0.0/8"),
             "{text}"
         );
         assert!(text.contains("--source-allow 10.9.8.7/32"), "{text}");
