@@ -21,17 +21,8 @@ pub async fn credentials(
     let Some(secret) = &catalog.spec.git.secret_ref else {
         return Ok(GitCredentials::default());
     };
-    // Refused before the Secret is even read: over http:// or git:// anyone on the path
-    // reads the credentials.
-    if let Some(scheme) = git::plaintext_scheme(&catalog.spec.git.url) {
-        return Err(Outcome::FetchFailed {
-            reason: "GitCredentialsInsecure".into(),
-            message: format!(
-                "spec.git.secretRef {} is paired with the {scheme}:// URL {}, which is unencrypted: credentials are never sent that way; use an https:// or ssh:// URL, or remove the secretRef",
-                secret.name,
-                redact(&catalog.spec.git.url)
-            ),
-        });
+    if let Some(refused) = insecure_secret_ref(catalog) {
+        return Err(refused);
     }
     let data = read_secret(client, namespace, &secret.name)
         .await
@@ -42,6 +33,21 @@ pub async fn credentials(
     GitCredentials::from_secret_data(&data).map_err(|error| Outcome::FetchFailed {
         reason: error.reason().into(),
         message: format!("Secret {namespace}/{}: {error}", secret.name),
+    })
+}
+
+/// A `secretRef` paired with an `http://` or `git://` URL: refused before the Secret is even
+/// read, since anyone on the path would read the credentials. Pure.
+pub fn insecure_secret_ref(catalog: &ImageCatalog) -> Option<Outcome> {
+    let secret = catalog.spec.git.secret_ref.as_ref()?;
+    let scheme = git::plaintext_scheme(&catalog.spec.git.url)?;
+    Some(Outcome::FetchFailed {
+        reason: "GitCredentialsInsecure".into(),
+        message: format!(
+            "spec.git.secretRef {} is paired with the {scheme}:// URL {}, which is unencrypted: credentials are never sent that way; use an https:// or ssh:// URL, or remove the secretRef",
+            secret.name,
+            redact(&catalog.spec.git.url)
+        ),
     })
 }
 
@@ -187,6 +193,46 @@ mod tests {
             "https://git.example/c.git"
         );
         assert_eq!(redact("git@git.example:c.git"), "git@git.example:c.git");
+    }
+
+    #[test]
+    fn a_secret_ref_with_an_http_or_git_url_is_refused() {
+        let catalog = |url: &str, secret: bool| -> ImageCatalog {
+            let secret = if secret {
+                ", secretRef: {name: git-creds}"
+            } else {
+                ""
+            };
+            serde_yaml::from_str(&format!(
+                "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: base}}\n\
+                 spec:\n  git: {{url: '{url}', ref: {{branch: main}}{secret}}}\n"
+            ))
+            .unwrap()
+        };
+        for url in [
+            "http://u:pw123@git.example/c.git",
+            "git://git.example/c.git",
+        ] {
+            let Some(Outcome::FetchFailed { reason, message }) =
+                insecure_secret_ref(&catalog(url, true))
+            else {
+                panic!("{url} with a secretRef must be refused");
+            };
+            assert_eq!(reason, "GitCredentialsInsecure");
+            assert!(
+                message.contains("git-creds") && message.contains("https://"),
+                "{message}"
+            );
+            assert!(!message.contains("pw123"), "{message}");
+            assert!(insecure_secret_ref(&catalog(url, false)).is_none());
+        }
+        for url in [
+            "https://git.example/c.git",
+            "git@git.example:c.git",
+            "ssh://git.example/c",
+        ] {
+            assert!(insecure_secret_ref(&catalog(url, true)).is_none(), "{url}");
+        }
     }
 
     #[test]
