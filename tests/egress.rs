@@ -246,6 +246,25 @@ async fn a_redirect_from_https_to_http_is_refused() {
     assert_eq!(got.unwrap(), sha);
 }
 
+#[tokio::test]
+async fn the_redirect_limit_still_holds_under_the_policys_redirect_rules() {
+    let (dir, _) = dir_with_file("disk.img");
+    let server = FileServer::start(dir.path());
+    server.set_behavior("/loop", Behavior::default().redirect("/loop"));
+
+    let error = download(&server.url("/loop"), None, options(Arc::default()))
+        .await
+        .expect_err("a redirect loop must end");
+    assert_eq!(error.reason, "SourceRejected", "{}", error.message);
+    assert!(
+        error.message.contains("redirects more than 10 times"),
+        "{}",
+        error.message
+    );
+    // The first request and ten redirects, then no more.
+    assert_eq!(server.requests("/loop"), 11);
+}
+
 /// A network namespace of this test: only its own loopback, with 169.254.169.254 on it, so
 /// nothing inside can reach anything outside. Deleted on drop, with its processes.
 struct Namespace {
