@@ -43,6 +43,41 @@ pub struct DvcrArgs {
     pub dvcr_ca_file: Option<PathBuf>,
 }
 
+/// Where sources may connect: shared by the daemon and the commands that fetch sources
+/// (`verify --upstream`, `plan`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EgressArgs {
+    /// Refuse connections of sources (HTTP images, upstream checks, Git remotes) to this
+    /// CIDR, address or host name (`*.example.com`: every name below example.com); checked
+    /// after DNS on every connection and redirect. Repeatable; the environment variable
+    /// takes a comma-separated list. Link-local (169.254.0.0/16, fe80::/10) is always refused.
+    #[arg(
+        long = "source-deny",
+        env = "SOURCE_DENY",
+        value_name = "CIDR|HOST",
+        value_delimiter = ','
+    )]
+    pub source_deny: Vec<crate::egress::Rule>,
+    /// Open an exception in the --source-deny rules and the link-local default for this
+    /// CIDR, address or host name. An allow rule only opens holes in deny rules. Repeatable.
+    #[arg(
+        long = "source-allow",
+        env = "SOURCE_ALLOW",
+        value_name = "CIDR|HOST",
+        value_delimiter = ','
+    )]
+    pub source_allow: Vec<crate::egress::Rule>,
+}
+
+impl EgressArgs {
+    pub fn policy(&self) -> Arc<crate::egress::EgressPolicy> {
+        Arc::new(crate::egress::EgressPolicy::new(
+            self.source_deny.clone(),
+            self.source_allow.clone(),
+        ))
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
     /// Path of a kubeconfig; without it, the in-cluster configuration (or ~/.kube/config).
@@ -190,6 +225,8 @@ pub struct ControllerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -541,12 +578,19 @@ fn start_leader_parts(
     dvcr: Option<Dvcr>,
     parts: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) {
+    let egress = args.egress.policy();
+    tracing::info!(
+        deny = ?args.egress.source_deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        allow = ?args.egress.source_allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "source egress policy: link-local refused by default"
+    );
     if args.catalog_controller {
         let settings = crate::sync::controller::SyncSettings {
             namespace: args.namespace.clone(),
             cache_dir: git_cache_dir(args),
             api_concurrency: args.sync_api_concurrency.max(1),
             forge_api_hosts: args.forge_api_hosts.clone(),
+            egress: egress.clone(),
         };
         let sync = crate::sync::controller::new(client.clone(), settings, metrics.clone());
         let hooks = crate::sync::webhook::router(
@@ -588,7 +632,10 @@ fn start_leader_parts(
                     ),
                 },
             },
-            http: HttpSourceOptions::default(),
+            http: HttpSourceOptions {
+                egress: egress.clone(),
+                ..HttpSourceOptions::default()
+            },
             max_attempts: args.max_import_attempts.max(1),
             retry_backoff: Duration::from_secs(10),
             status_interval: Duration::from_secs(2),
@@ -619,6 +666,7 @@ fn start_leader_parts(
                 concurrency: args.verify_concurrency,
                 presence_interval: Duration::from_secs(args.presence_interval_seconds.max(1)),
                 selector: args.selector.clone(),
+                egress: egress.clone(),
             };
             // Verification checks go to the catalogs' commits, through their own notes
             // cache: two writers must not share one local repository.
@@ -629,6 +677,7 @@ fn start_leader_parts(
                         namespace: args.namespace.clone(),
                         cache_dir: git_cache_dir(args).join(".verify"),
                         forge_api_hosts: args.forge_api_hosts.clone(),
+                        egress: egress.clone(),
                     },
                 )
             });

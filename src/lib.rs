@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod daemon;
 pub mod dvcr;
+pub mod egress;
 pub mod git;
 pub mod import;
 pub mod k8s;

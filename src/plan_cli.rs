@@ -30,6 +30,9 @@ pub struct PlanArgs {
     /// The daemon's namespace, where the catalog's Git Secret lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "image-catalog")]
     pub namespace: String,
+    /// Where the Git remote may be: give the daemon's flags.
+    #[command(flatten)]
+    pub egress: crate::daemon::EgressArgs,
 }
 
 /// Prints the plan; returns false when the sync would refuse the commit.
@@ -52,7 +55,14 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
             let fetched = async {
                 let secrets = SecretReader::new(client.clone(), args.namespace.clone(), []);
                 let credentials = source::credentials(&secrets, &catalog).await?;
-                source::fetch(cache.path(), &catalog, credentials, None).await
+                source::fetch(
+                    cache.path(),
+                    &catalog,
+                    credentials,
+                    None,
+                    &args.egress.policy(),
+                )
+                .await
             }
             .await;
             match fetched {

@@ -24,6 +24,9 @@ pub struct VerifyArgs {
     pub namespace: String,
     #[command(flatten)]
     pub dvcr: DvcrArgs,
+    /// Where the upstream check may connect: give the daemon's flags.
+    #[command(flatten)]
+    pub egress: crate::daemon::EgressArgs,
     /// Also fetch the HTTP source again and compare it with what was stored (the default
     /// follows the image's imagecatalog.dev/verify-upstream annotation).
     #[arg(long)]
@@ -53,7 +56,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let dvcr = Dvcr::new(dvcr_config(&args.dvcr, &args.namespace, &client).await?)
         .context("configuring DVCR access")?;
     let upstream = args.upstream || verify::wants_upstream_check(&cvi);
-    let verdict = verify::verify(&dvcr, &cvi, upstream).await;
+    let verdict = verify::verify(&dvcr, &cvi, upstream, &args.egress.policy()).await;
     println!("{}: {}: {}", args.name, verdict.reason(), verdict.message());
     if !args.dry_run {
         verify::record(&client, &cvi, &verdict)

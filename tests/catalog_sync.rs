@@ -815,7 +815,7 @@ fn the_webhook_endpoint_closes_on_clients_that_never_finish_their_headers_or_bod
 }
 
 #[test]
-fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking_it() {
+fn smart_https_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking_it() {
     let _cleanup = Cleanup::fresh("cat-http");
     let repo = TestRepo::new();
     repo.commit(
@@ -825,12 +825,15 @@ fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking
         )],
         "one image",
     );
-    let server = HttpGitServer::start(&repo.root);
+    // Credentials only over https: the server's CA goes into the Secret.
+    let server = HttpGitServer::start_https(&repo.root);
+    let ca = server.ca_pem.clone().unwrap_or_default();
     let secret_labelled = |password: &str, label: &str| {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: cat-http-git, namespace: image-catalog, labels: {{imagecatalog.dev/catalog-secret: \"{label}\"}}}}\n\
-             stringData: {{username: {}, password: '{password}'}}\n",
-            server.username
+             stringData: {{username: {}, password: '{password}', ca.crt: {}}}\n",
+            server.username,
+            serde_json::to_string(&ca).unwrap()
         )
     };
     let secret = |password: &str| secret_labelled(password, "true");
@@ -861,6 +864,25 @@ fn smart_http_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leaking
 
     apply(&secret(&server.password));
     wait_for_phase("cat-http-a", "Ready");
+
+    // The same Secret with an http:// URL is refused by the API: credentials never travel
+    // unencrypted.
+    let plain = format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: cat-http}}\n\
+         spec:\n  git: {{url: '{}', ref: {{branch: main}}, path: images, secretRef: {{name: cat-http-git}}}}\n",
+        server
+            .url(TestRepo::NAME)
+            .replacen("https://", "http://", 1)
+    );
+    let out = world()
+        .env
+        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], &plain);
+    assert!(
+        !out.status.success(),
+        "an http:// URL with a secretRef must be refused"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never sent over http://"), "{stderr}");
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn fast_options() -> HttpSourceOptions {
         max_attempts: 5,
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
+        egress: Default::default(),
     }
 }
 

@@ -504,6 +504,46 @@ fn a_source_that_drips_a_byte_at_a_time_is_dropped_at_the_end_of_its_window() {
 }
 
 #[test]
+fn a_source_the_egress_policy_refuses_fails_with_the_reason_and_the_flag_that_opens_it() {
+    let world = world();
+    const FENCED: &str = "import-egress";
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = start_controller(
+        world.env,
+        dir.path(),
+        FENCED,
+        free_port(),
+        "--source-deny 127.0.0.2/32",
+    );
+    // On loopback, yet denied: a CVI must not be able to name it.
+    let server = FileServer::start_on(&world.images, "127.0.0.2");
+    let name = "egress-refused";
+    cvi::recreate(
+        world.env,
+        &cvi::manifest(
+            FENCED,
+            name,
+            serde_json::json!({"type": "HTTP", "http": {"url": server.url("disk.raw?token=t0ps3cret")}}),
+        ),
+    );
+    let cvi = settled(world.env, name);
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "SourceRefusedByPolicy", "{message}");
+    assert!(
+        message.contains("127.0.0.2 (a loopback address)")
+            && message.contains("--source-deny 127.0.0.2/32")
+            && message.contains("--source-allow 127.0.0.2/32"),
+        "{message}"
+    );
+    assert!(
+        !cvi["status"].to_string().contains("t0ps3cret"),
+        "no query string in the status"
+    );
+    assert_eq!(server.connections(), 0, "refused before connecting");
+}
+
+#[test]
 fn a_connection_cut_mid_file_resumes_without_fetching_the_file_twice() {
     let world = world();
     world

@@ -106,6 +106,9 @@ fn default_true() -> bool {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// Credentials over an unencrypted transport would be readable on the path: refused at the
+// API (the sync refuses them too, for catalogs stored before this rule).
+#[x_kube(validation = kube::core::Rule::new("!has(self.secretRef) || !(self.url.startsWith('http://') || self.url.startsWith('git://'))").message("secretRef needs an https:// or SSH url: credentials are never sent over http:// or git://"))]
 pub struct GitSource {
     /// Repository URL: `https://`, `http://`, `ssh://`, `user@host:path` or `git://`.
     #[schemars(
@@ -122,6 +125,7 @@ pub struct GitSource {
     /// A Secret in the daemon's namespace with the credentials: `username` and `password`
     /// (or a token as the password), or `bearerToken`, for HTTPS; `identity` (a private key)
     /// and `known_hosts` for SSH; `ca.crt` for a server certificate signed by a private CA.
+    /// Only with an `https://` or SSH URL; sent only to the URL's own host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalSecretRef>,
 }
@@ -311,6 +315,26 @@ mod tests {
         assert_eq!(catalog.spec.git.path, ".");
         assert_eq!(catalog.spec.ready_image_policy, ReadyImagePolicy::Fail);
         assert!(catalog.validate_cel().is_ok());
+    }
+
+    #[test]
+    fn cel_refuses_a_secret_ref_over_http_or_git() {
+        for url in ["http://git.example/c.git", "git://git.example/c.git"] {
+            let insecure = catalog(&format!(
+                "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: base}}\n\
+                 spec:\n  git: {{url: '{url}', ref: {{branch: main}}, secretRef: {{name: s}}}}\n",
+            ));
+            let errors = format!("{:?}", insecure.validate_cel().unwrap_err());
+            assert!(
+                errors.contains("never sent over http://"),
+                "{url}: {errors}"
+            );
+        }
+        let fine = catalog(
+            "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {name: base}\n\
+             spec:\n  git: {url: 'http://git.example/c.git', ref: {branch: main}}\n",
+        );
+        assert!(fine.validate_cel().is_ok());
     }
 
     #[test]

@@ -15,12 +15,13 @@ use std::sync::Once;
 
 use git2::{
     CertificateCheckStatus, Cred, CredentialType, ErrorCode, FetchOptions, PushOptions,
-    RemoteCallbacks, Repository,
+    RemoteCallbacks, RemoteRedirect, Repository,
 };
 
 use known_hosts::HostKeyCheck;
 
 use crate::catalog::limits::MAX_FILE_BYTES;
+use crate::egress::EgressPolicy;
 
 /// The revision a catalog follows.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +94,12 @@ pub enum GitError {
     CatalogTooLarge { path: String, message: String },
     #[error("the push was refused: {0}")]
     PushRejected(String),
+    /// The remote's address or a redirect is refused (egress policy, another host).
+    #[error("{0}")]
+    RefusedByPolicy(String),
+    /// Credentials would travel unencrypted (`http://`, `git://`).
+    #[error("{0}")]
+    CredentialsInsecure(String),
     #[error("{0}")]
     Other(String),
 }
@@ -112,6 +119,8 @@ impl GitError {
             Self::Unreachable(_) => "GitUnreachable",
             Self::CatalogTooLarge { .. } => "GitCatalogTooLarge",
             Self::PushRejected(_) => "GitPushRejected",
+            Self::RefusedByPolicy(_) => "GitRemoteRefusedByPolicy",
+            Self::CredentialsInsecure(_) => "GitCredentialsInsecure",
             Self::Other(_) => "GitError",
         }
     }
@@ -164,6 +173,14 @@ impl GitCredentials {
         Ok(credentials)
     }
 
+    /// Whether anything here must not travel unencrypted.
+    fn has_secrets(&self) -> bool {
+        self.password.is_some()
+            || self.bearer_token.is_some()
+            || self.ssh_private_key.is_some()
+            || self.ssh_passphrase.is_some()
+    }
+
     /// Every secret value, to scrub from messages.
     fn secrets(&self) -> Vec<&str> {
         [
@@ -199,6 +216,7 @@ pub fn fetch(
     url: &str,
     reference: &GitReference,
     credentials: &GitCredentials,
+    egress: &EgressPolicy,
 ) -> Result<FetchedCommit, GitError> {
     let repo = open_cache(cache_dir)?;
     if let GitReference::Commit(commit) = reference
@@ -216,11 +234,11 @@ pub fn fetch(
     if let Ok(mut stale) = repo.find_reference(FETCHED_REF) {
         let _ = stale.delete();
     }
-    let first = run_fetch(&repo, url, credentials, &[refspec.as_str()], true);
+    let first = run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], true);
     let first = match first {
         // Dumb HTTP and some servers cannot serve a shallow fetch.
         Err(GitError::Other(message)) if message.contains("shallow") => {
-            run_fetch(&repo, url, credentials, &[refspec.as_str()], false)
+            run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], false)
         }
         other => other,
     };
@@ -234,7 +252,7 @@ pub fn fetch(
                 "+refs/heads/*:refs/image-catalog/heads/*",
                 "+refs/tags/*:refs/image-catalog/tags/*",
             ];
-            run_fetch(&repo, url, credentials, &everything, false)?;
+            run_fetch(&repo, url, credentials, egress, &everything, false)?;
         }
         (_, Err(error)) => return Err(error),
     }
@@ -339,7 +357,21 @@ fn callbacks<'a>(
 ) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut attempts = 0;
-    callbacks.credentials(move |_url, username_from_url, allowed| {
+    let own_host = remote_endpoint(url).map(|endpoint| endpoint.host);
+    callbacks.credentials(move |asking_url, username_from_url, allowed| {
+        // Answer only for the remote's own host: redirects are kept on it (see
+        // `run_fetch`), and this holds even if libgit2 ever followed one elsewhere.
+        let asking_host = remote_endpoint(asking_url).map(|endpoint| endpoint.host);
+        if asking_host != own_host {
+            let error = GitError::RefusedByPolicy(format!(
+                "{} asks for credentials, but they are only given to {}; set spec.git.url to the repository's own host",
+                asking_host.as_deref().unwrap_or("another host"),
+                own_host.as_deref().unwrap_or("the remote's host")
+            ));
+            let message = error.to_string();
+            *verdict.borrow_mut() = Some(error);
+            return Err(git2::Error::from_str(&message));
+        }
         attempts += 1;
         if attempts > 1 {
             // libgit2 asks again when the server refused what we gave: stop, or it loops.
@@ -412,6 +444,95 @@ fn callbacks<'a>(
     callbacks
 }
 
+/// Where a remote URL connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    scheme: String,
+    /// Lower case, without IPv6 brackets.
+    host: String,
+    port: u16,
+    /// The URL carries a password (`https://user:secret@host/...`).
+    has_password: bool,
+}
+
+/// The endpoint of `url`: `scheme://[user[:password]@]host[:port]/path` or scp-like
+/// `[user@]host:path` (SSH). None for local paths and `file://`.
+fn remote_endpoint(url: &str) -> Option<Endpoint> {
+    if url.contains("://") {
+        let parsed = url::Url::parse(url).ok()?;
+        let scheme = parsed.scheme().to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            "ssh" | "git+ssh" | "ssh+git" => 22,
+            "git" => 9418,
+            _ => return None,
+        };
+        let host = parsed
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        return Some(Endpoint {
+            scheme,
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            has_password: parsed.password().is_some(),
+        });
+    }
+    // scp-like: a colon before any slash.
+    let colon = url.find(':')?;
+    if url[..colon].contains('/') {
+        return None;
+    }
+    let authority = &url[..colon];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| Endpoint {
+        scheme: "ssh".into(),
+        host: host.to_ascii_lowercase(),
+        port: 22,
+        has_password: false,
+    })
+}
+
+/// `http` or `git` when `url` travels unencrypted. Pure.
+pub fn plaintext_scheme(url: &str) -> Option<&'static str> {
+    match remote_endpoint(url)?.scheme.as_str() {
+        "http" => Some("http"),
+        "git" => Some("git"),
+        _ => None,
+    }
+}
+
+/// Before libgit2 connects: no secrets over a plaintext transport, and the remote's host
+/// and its addresses pass the egress policy. libgit2 resolves the name again on its own, so
+/// a name whose DNS answer changes between the two lookups is not caught; without a hook
+/// into libgit2's connect this is the best available, and redirects to other hosts are not
+/// followed at all (see `run_fetch`).
+fn check_remote(
+    url: &str,
+    credentials: &GitCredentials,
+    egress: &EgressPolicy,
+) -> Result<(), GitError> {
+    let Some(endpoint) = remote_endpoint(url) else {
+        return Ok(());
+    };
+    if let Some(scheme) = plaintext_scheme(url)
+        && (credentials.has_secrets() || endpoint.has_password)
+    {
+        return Err(GitError::CredentialsInsecure(format!(
+            "credentials are never sent over {scheme}://, which is unencrypted; use an https:// or ssh:// URL for {}",
+            endpoint.host
+        )));
+    }
+    crate::egress::check_resolved_blocking(egress, &endpoint.host, endpoint.port).map_err(
+        |refusal| GitError::RefusedByPolicy(format!("the Git remote is not fetched: {refusal}")),
+    )
+}
+
 /// The port of an `ssh://` URL, if it names one.
 fn ssh_port(url: &str) -> Option<u16> {
     url::Url::parse(url)
@@ -471,13 +592,19 @@ fn run_fetch(
     repo: &Repository,
     url: &str,
     credentials: &GitCredentials,
+    egress: &EgressPolicy,
     refspecs: &[&str],
     shallow: bool,
 ) -> Result<(), GitError> {
+    check_remote(url, credentials, egress)?;
     let verdict = CallbackVerdict::default();
     let result = {
         let mut options = FetchOptions::new();
         options.remote_callbacks(callbacks(url, credentials, &verdict));
+        // Redirects stay on the remote's host (libgit2's "none" still follows same-host
+        // ones): the credentials, the bearer header and the egress check are for that
+        // host only, and libgit2 offers no hook to check another host's addresses.
+        options.follow_redirects(RemoteRedirect::None);
         options.download_tags(git2::AutotagOption::None);
         if shallow {
             options.depth(1);
@@ -503,6 +630,9 @@ fn classify(error: git2::Error, credentials: &GitCredentials) -> GitError {
             GitError::AuthenticationFailed(message)
         }
         _ if lower.contains("certificate") => GitError::CertificateInvalid(message),
+        _ if lower.contains("cannot redirect from") => GitError::RefusedByPolicy(format!(
+            "{message}: redirects are followed only on the remote's own host and never from https to http, so that credentials and the egress policy apply; set spec.git.url to the repository's final URL"
+        )),
         _ if lower.contains("couldn't find remote ref")
             || lower.contains("could not find remote ref")
             || lower.contains("not our ref") =>
@@ -692,6 +822,7 @@ pub fn push_note(
     commit: &str,
     notes_ref: &str,
     compose: &dyn Fn(Option<&str>) -> String,
+    egress: &EgressPolicy,
 ) -> Result<(), GitError> {
     let repo = open_cache(cache_dir)?;
     let target = git2::Oid::from_str(commit)
@@ -699,7 +830,7 @@ pub fn push_note(
     let mut last_error = None;
     for _ in 0..4 {
         let refspec = format!("+{notes_ref}:{notes_ref}");
-        match run_fetch(&repo, url, credentials, &[refspec.as_str()], false) {
+        match run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], false) {
             Ok(()) => {}
             // No notes on the remote yet: start them.
             Err(GitError::ReferenceNotFound(_)) => {
@@ -721,7 +852,7 @@ pub fn push_note(
             .map_err(|error| GitError::Other(error.message().to_string()))?;
         repo.note(&signature, &signature, Some(notes_ref), target, &text, true)
             .map_err(|error| GitError::Other(format!("writing the note: {}", error.message())))?;
-        match run_push(&repo, url, credentials, notes_ref) {
+        match run_push(&repo, url, credentials, egress, notes_ref) {
             Ok(()) => return Ok(()),
             // Someone else pushed notes in between: fetch theirs and compose again.
             Err(error @ GitError::PushRejected(_)) => last_error = Some(error),
@@ -735,8 +866,10 @@ fn run_push(
     repo: &Repository,
     url: &str,
     credentials: &GitCredentials,
+    egress: &EgressPolicy,
     reference: &str,
 ) -> Result<(), GitError> {
+    check_remote(url, credentials, egress)?;
     let verdict = CallbackVerdict::default();
     let rejected = RefCell::new(None::<String>);
     let result = {
@@ -749,6 +882,8 @@ fn run_push(
         });
         let mut options = PushOptions::new();
         options.remote_callbacks(callbacks);
+        // As in `run_fetch`: redirects stay on the remote's host.
+        options.follow_redirects(RemoteRedirect::None);
         let header = bearer_header(credentials);
         options.custom_headers(&header.iter().map(String::as_str).collect::<Vec<_>>());
         anonymous_remote(repo, url, credentials)?

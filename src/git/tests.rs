@@ -4,6 +4,41 @@
 use super::*;
 use std::process::Command;
 
+// The module's functions with the default egress policy (file:// remotes have no host).
+fn fetch(
+    cache_dir: &Path,
+    url: &str,
+    reference: &GitReference,
+    credentials: &GitCredentials,
+) -> Result<FetchedCommit, GitError> {
+    super::fetch(
+        cache_dir,
+        url,
+        reference,
+        credentials,
+        &EgressPolicy::default(),
+    )
+}
+
+fn push_note(
+    cache_dir: &Path,
+    url: &str,
+    credentials: &GitCredentials,
+    commit: &str,
+    notes_ref: &str,
+    compose: &dyn Fn(Option<&str>) -> String,
+) -> Result<(), GitError> {
+    super::push_note(
+        cache_dir,
+        url,
+        credentials,
+        commit,
+        notes_ref,
+        compose,
+        &EgressPolicy::default(),
+    )
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .current_dir(dir)
@@ -301,4 +336,83 @@ fn a_file_over_the_size_limit_is_refused_before_it_is_loaded_and_named() {
             other => panic!("{path}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn remote_endpoints_are_read_from_urls_and_scp_forms() {
+    let endpoint = |url: &str| remote_endpoint(url).map(|e| (e.scheme, e.host, e.port));
+    assert_eq!(
+        endpoint("https://user:pw@Git.Example:8443/c.git"),
+        Some(("https".into(), "git.example".into(), 8443))
+    );
+    assert_eq!(
+        endpoint("git://git.example/c.git"),
+        Some(("git".into(), "git.example".into(), 9418))
+    );
+    assert_eq!(
+        endpoint("git@git.example:org/c.git"),
+        Some(("ssh".into(), "git.example".into(), 22))
+    );
+    assert_eq!(
+        endpoint("ssh://[::1]:2222/c.git"),
+        Some(("ssh".into(), "::1".into(), 2222))
+    );
+    assert_eq!(endpoint("file:///srv/c.git"), None);
+    assert_eq!(endpoint("/srv/c.git"), None);
+    assert_eq!(endpoint("./a:b/c.git"), None);
+}
+
+#[test]
+fn secrets_never_travel_over_http_or_git_protocol() {
+    let token = GitCredentials {
+        bearer_token: Some("tok-123".into()),
+        ..GitCredentials::default()
+    };
+    let policy = EgressPolicy::default();
+    for url in ["http://git.example/c.git", "git://git.example/c.git"] {
+        let error = check_remote(url, &token, &policy).unwrap_err();
+        assert_eq!(error.reason(), "GitCredentialsInsecure", "{url}");
+        assert!(!error.to_string().contains("tok-123"));
+    }
+    let error = check_remote(
+        "http://u:hunter2@git.example/c.git",
+        &GitCredentials::default(),
+        &policy,
+    )
+    .unwrap_err();
+    assert_eq!(error.reason(), "GitCredentialsInsecure");
+    assert!(!error.to_string().contains("hunter2"));
+    assert_eq!(plaintext_scheme("https://git.example/c.git"), None);
+    assert_eq!(plaintext_scheme("git@git.example:c.git"), None);
+}
+
+#[test]
+fn a_remote_on_a_refused_address_is_not_fetched() {
+    let cache = tempfile::tempdir().unwrap();
+    let policy = EgressPolicy::from_flags(&["127.0.0.0/8".into()], &[]).unwrap();
+    // Refused before libgit2 connects: nothing listens there, and nothing is tried.
+    let error = super::fetch(
+        cache.path(),
+        "https://127.0.0.1:9/c.git",
+        &GitReference::Branch("main".into()),
+        &GitCredentials::default(),
+        &policy,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(error.reason(), "GitRemoteRefusedByPolicy", "{error}");
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1 (a loopback address)"), "{text}");
+    assert!(text.contains("--source-allow 127.0.0.1/32"), "{text}");
+    // localhost resolves (to loopback) before libgit2 connects: refused by its addresses.
+    let error = super::fetch(
+        cache.path(),
+        "ssh://git@localhost:9/c.git",
+        &GitReference::Branch("main".into()),
+        &GitCredentials::default(),
+        &policy,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(error.reason(), "GitRemoteRefusedByPolicy", "{error}");
 }

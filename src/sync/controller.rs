@@ -43,6 +43,8 @@ pub struct SyncSettings {
     pub api_concurrency: usize,
     /// Hosts commit checks may go to besides the repository's own (`--forge-api-host`).
     pub forge_api_hosts: Vec<String>,
+    /// Where Git remotes may be: checked before every fetch and push.
+    pub egress: std::sync::Arc<crate::egress::EgressPolicy>,
 }
 
 pub struct Context {
@@ -122,6 +124,7 @@ pub fn new(client: Client, settings: SyncSettings, metrics: Arc<Metrics>) -> Syn
                 namespace: settings.namespace.clone(),
                 cache_dir: settings.cache_dir.clone(),
                 forge_api_hosts: settings.forge_api_hosts.clone(),
+                egress: settings.egress.clone(),
             },
         ),
         secrets: SecretReader::new(client.clone(), settings.namespace.clone(), []),
@@ -375,6 +378,7 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
         catalog,
         credentials,
         same_spec.map(|m| m.commit.clone()),
+        &ctx.settings.egress,
     )
     .await?;
     let loaded = match (fetched.files, same_spec) {

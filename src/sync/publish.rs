@@ -29,6 +29,8 @@ pub struct PublishSettings {
     pub cache_dir: PathBuf,
     /// Hosts commit checks may go to besides the repository's own (`--forge-api-host`).
     pub forge_api_hosts: Vec<String>,
+    /// Where Git remotes may be: checked before every notes push.
+    pub egress: std::sync::Arc<crate::egress::EgressPolicy>,
 }
 
 pub struct Publishers {
@@ -162,6 +164,7 @@ impl Publishers {
                     self.settings.cache_dir.join(format!("{name}.notes")),
                     catalog.spec.git.url.clone(),
                     credentials,
+                    self.settings.egress.clone(),
                 ))
             }
             provider => {
@@ -279,7 +282,12 @@ pub struct GitNotes {
 }
 
 impl GitNotes {
-    pub fn start(cache: PathBuf, url: String, credentials: GitCredentials) -> Self {
+    pub fn start(
+        cache: PathBuf,
+        url: String,
+        credentials: GitCredentials,
+        egress: std::sync::Arc<crate::egress::EgressPolicy>,
+    ) -> Self {
         let (queue, mut receiver) = mpsc::unbounded_channel::<CommitCheck>();
         tokio::spawn(async move {
             // The sections of each commit's note, and what was last pushed.
@@ -302,12 +310,13 @@ impl GitNotes {
                     if pushed.get(commit) == Some(&text) {
                         continue;
                     }
-                    let (cache, url, credentials, commit_id, ours) = (
+                    let (cache, url, credentials, commit_id, ours, egress) = (
                         cache.clone(),
                         url.clone(),
                         credentials.clone(),
                         commit.clone(),
                         sections.clone(),
+                        egress.clone(),
                     );
                     let result = tokio::task::spawn_blocking(move || {
                         git::push_note(
@@ -317,6 +326,7 @@ impl GitNotes {
                             &commit_id,
                             NOTES_REF,
                             &|current| merge_note(current, &ours),
+                            &egress,
                         )
                     })
                     .await;

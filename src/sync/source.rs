@@ -17,6 +17,9 @@ pub async fn credentials(
     let Some(secret) = &catalog.spec.git.secret_ref else {
         return Ok(GitCredentials::default());
     };
+    if let Some(refused) = insecure_secret_ref(catalog) {
+        return Err(refused);
+    }
     let secret = secrets
         .catalog_secret(&secret.name)
         .await
@@ -30,6 +33,21 @@ pub async fn credentials(
     GitCredentials::from_secret_data(&secret.data).map_err(|error| Outcome::FetchFailed {
         reason: error.reason().into(),
         message: format!("Secret {}/{}: {error}", secret.namespace, secret.name),
+    })
+}
+
+/// A `secretRef` paired with an `http://` or `git://` URL: refused before the Secret is even
+/// read, since anyone on the path would read the credentials. Pure.
+pub fn insecure_secret_ref(catalog: &ImageCatalog) -> Option<Outcome> {
+    let secret = catalog.spec.git.secret_ref.as_ref()?;
+    let scheme = git::plaintext_scheme(&catalog.spec.git.url)?;
+    Some(Outcome::FetchFailed {
+        reason: "GitCredentialsInsecure".into(),
+        message: format!(
+            "spec.git.secretRef {} is paired with the {scheme}:// URL {}, which is unencrypted: credentials are never sent that way; use an https:// or ssh:// URL, or remove the secretRef",
+            secret.name,
+            redact(&catalog.spec.git.url)
+        ),
     })
 }
 
@@ -47,6 +65,7 @@ pub async fn fetch(
     catalog: &ImageCatalog,
     credentials: GitCredentials,
     known_commit: Option<String>,
+    egress: &std::sync::Arc<crate::egress::EgressPolicy>,
 ) -> Result<Fetched, Outcome> {
     let git = &catalog.spec.git;
     let reference = match (
@@ -67,8 +86,9 @@ pub async fn fetch(
     let cache: PathBuf = cache.to_path_buf();
     let url = git.url.clone();
     let path = git.path.clone();
+    let egress = egress.clone();
     tokio::task::spawn_blocking(move || {
-        let fetched = git::fetch(&cache, &url, &reference, &credentials)?;
+        let fetched = git::fetch(&cache, &url, &reference, &credentials, &egress)?;
         if known_commit.as_deref() == Some(fetched.commit.as_str()) {
             return Ok(Fetched {
                 commit: fetched.commit,
@@ -152,6 +172,46 @@ mod tests {
             "https://git.example/c.git"
         );
         assert_eq!(redact("git@git.example:c.git"), "git@git.example:c.git");
+    }
+
+    #[test]
+    fn a_secret_ref_with_an_http_or_git_url_is_refused() {
+        let catalog = |url: &str, secret: bool| -> ImageCatalog {
+            let secret = if secret {
+                ", secretRef: {name: git-creds}"
+            } else {
+                ""
+            };
+            serde_yaml::from_str(&format!(
+                "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: base}}\n\
+                 spec:\n  git: {{url: '{url}', ref: {{branch: main}}{secret}}}\n"
+            ))
+            .unwrap()
+        };
+        for url in [
+            "http://u:pw123@git.example/c.git",
+            "git://git.example/c.git",
+        ] {
+            let Some(Outcome::FetchFailed { reason, message }) =
+                insecure_secret_ref(&catalog(url, true))
+            else {
+                panic!("{url} with a secretRef must be refused");
+            };
+            assert_eq!(reason, "GitCredentialsInsecure");
+            assert!(
+                message.contains("git-creds") && message.contains("https://"),
+                "{message}"
+            );
+            assert!(!message.contains("pw123"), "{message}");
+            assert!(insecure_secret_ref(&catalog(url, false)).is_none());
+        }
+        for url in [
+            "https://git.example/c.git",
+            "git@git.example:c.git",
+            "ssh://git.example/c",
+        ] {
+            assert!(insecure_secret_ref(&catalog(url, true)).is_none(), "{url}");
+        }
     }
 
     #[test]

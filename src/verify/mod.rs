@@ -227,7 +227,12 @@ pub fn wants_upstream_check(cvi: &ClusterVirtualImage) -> bool {
 
 /// Verifies the stored image of `cvi` against DVCR, and with `check_upstream` its HTTP
 /// source against what was stored.
-pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage, check_upstream: bool) -> Verdict {
+pub async fn verify(
+    dvcr: &Dvcr,
+    cvi: &ClusterVirtualImage,
+    check_upstream: bool,
+    egress: &std::sync::Arc<crate::egress::EgressPolicy>,
+) -> Verdict {
     use futures::StreamExt;
     let name = cvi.metadata.name.clone().unwrap_or_default();
     let uid = cvi.metadata.uid.clone().unwrap_or_default();
@@ -286,15 +291,20 @@ pub async fn verify(dvcr: &Dvcr, cvi: &ClusterVirtualImage, check_upstream: bool
     }
     match (&cvi.spec.data_source.http, &labels.sha256) {
         (Some(http), Some(stored)) => {
-            match upstream(&http.url, http.ca_bundle.as_deref(), stored).await {
+            match upstream(&http.url, http.ca_bundle.as_deref(), stored, egress).await {
                 Ok(None) => Verdict::Verified(format!(
                     "{}, and the source at {} still has the same bytes",
                     verdict.message(),
                     crate::import::source::http::redact_url(&http.url)
                 )),
                 Ok(Some(changed)) => changed,
-                Err(message) => Verdict::VerificationFailed(format!(
-                    "the stored bytes are intact, but the upstream check could not read the source: {message}; the next run tries again"
+                Err((message, retry)) => Verdict::VerificationFailed(format!(
+                    "the stored bytes are intact, but the upstream check could not read the source: {message}{}",
+                    if retry {
+                        "; the next run tries again"
+                    } else {
+                        ""
+                    }
                 )),
             }
         }
@@ -309,21 +319,31 @@ async fn upstream(
     url: &str,
     ca_bundle: Option<&str>,
     stored_sha256: &str,
-) -> Result<Option<Verdict>, String> {
+    egress: &std::sync::Arc<crate::egress::EgressPolicy>,
+) -> Result<Option<Verdict>, (String, bool)> {
     use crate::import::source::http::{HttpDownload, HttpSourceOptions, redact_url};
+    use crate::import::source::{SourceError, reason};
+    // A refusal by the egress policy stays until the daemon's flags change: retrying is no
+    // use, and the message already says which flag opens it.
+    let failed = |error: SourceError| {
+        let retry = error.reason != reason::SOURCE_REFUSED_BY_POLICY;
+        (error.to_string(), retry)
+    };
     let ca = ca_bundle
         .map(crate::import::http_import::decode_ca_bundle)
         .transpose()
-        .map_err(|error| error.to_string())?;
-    let mut download = HttpDownload::open(url, ca.as_deref(), HttpSourceOptions::default())
+        .map_err(|error| (error.to_string(), true))?;
+    // The same egress policy as the import: the upstream check must not reach what the
+    // import could not.
+    let options = HttpSourceOptions {
+        egress: egress.clone(),
+        ..HttpSourceOptions::default()
+    };
+    let mut download = HttpDownload::open(url, ca.as_deref(), options)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(failed)?;
     let mut sha256 = Sha256::new();
-    while let Some(chunk) = download
-        .next_chunk()
-        .await
-        .map_err(|error| error.to_string())?
-    {
+    while let Some(chunk) = download.next_chunk().await.map_err(failed)? {
         sha256.update(&chunk);
     }
     let now = hex::encode(sha256.finalize());

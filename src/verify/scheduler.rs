@@ -38,6 +38,8 @@ pub struct VerifySettings {
     pub presence_interval: Duration,
     /// Only images matching this label selector.
     pub selector: Option<String>,
+    /// Where upstream checks may connect (the import's own egress policy).
+    pub egress: Arc<crate::egress::EgressPolicy>,
 }
 
 /// What the loop knows of one image.
@@ -184,6 +186,7 @@ pub async fn run(
             let due = entry.next.is_some_and(|next| now >= next);
             if due && !entry.running && phase == Some(ImagePhase::Ready) {
                 entry.running = true;
+                let egress = settings.egress.clone();
                 let (client, dvcr, recorder, metrics, slots, done) = (
                     client.clone(),
                     dvcr.clone(),
@@ -195,7 +198,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
                         metrics.verifications_in_flight.inc();
-                        run_one(&client, &dvcr, &recorder, &metrics, &cvi).await;
+                        run_one(&client, &dvcr, &recorder, &metrics, &cvi, &egress).await;
                         metrics.verifications_in_flight.dec();
                     }
                     let _ = done.send(Done::Verified {
@@ -215,9 +218,10 @@ async fn run_one(
     recorder: &Recorder,
     metrics: &Metrics,
     cvi: &ClusterVirtualImage,
+    egress: &Arc<crate::egress::EgressPolicy>,
 ) {
     let name = cvi.name_any();
-    let verdict = verify(dvcr, cvi, super::wants_upstream_check(cvi)).await;
+    let verdict = verify(dvcr, cvi, super::wants_upstream_check(cvi), egress).await;
     metrics
         .verifications
         .get_or_create(&ReasonLabel {

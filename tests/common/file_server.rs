@@ -1055,7 +1055,64 @@ impl axum::serve::Listener for CountingListener {
     }
 }
 
-enum MaybeTls {
+/// A rustls listener for the other test servers (the Git smart-HTTPS server).
+pub struct TlsListener {
+    tcp: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Self { tcp, config }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = MaybeTls;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(mut conn) = rustls::ServerConnection::new(self.config.clone()) else {
+                continue;
+            };
+            conn.set_buffer_limit(None);
+            let stream = TlsStream {
+                tcp,
+                conn,
+                tcp_eof: false,
+                closing: false,
+            };
+            return (MaybeTls::Tls(Box::new(stream)), addr);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A rustls server configuration with a certificate for `names` from a new CA, and that
+/// CA's PEM.
+pub fn tls_config(names: &[&str]) -> (Arc<rustls::ServerConfig>, String) {
+    let ca = TestCa::generate();
+    let (cert_der, key_der) = ca.issue_server_cert(names);
+    image_catalog::tls::install_crypto_provider();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert_der],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
+        )
+        .expect("server certificate is usable");
+    (Arc::new(config), ca.cert_pem)
+}
+
+pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
 }
@@ -1101,7 +1158,7 @@ impl AsyncWrite for MaybeTls {
 }
 
 /// A server-side TLS stream: rustls driven over a tokio `TcpStream`.
-struct TlsStream {
+pub struct TlsStream {
     tcp: TcpStream,
     conn: rustls::ServerConnection,
     tcp_eof: bool,

@@ -176,6 +176,8 @@ impl Drop for GitDaemon {
 pub struct HttpGitServer {
     pub username: String,
     pub password: String,
+    /// The CA of the HTTPS server's certificate, for the Secret's `ca.crt`.
+    pub ca_pem: Option<String>,
     address: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -183,6 +185,19 @@ pub struct HttpGitServer {
 
 impl HttpGitServer {
     pub fn start(root: &Path) -> Self {
+        Self::spawn(root, None)
+    }
+
+    /// Smart HTTPS on 127.0.0.1, with a certificate from a CA of its own ([`Self::ca_pem`]):
+    /// credentials are only ever sent over https.
+    pub fn start_https(root: &Path) -> Self {
+        Self::spawn(
+            root,
+            Some(super::file_server::tls_config(&["127.0.0.1", "localhost"])),
+        )
+    }
+
+    fn spawn(root: &Path, tls: Option<(std::sync::Arc<rustls::ServerConfig>, String)>) -> Self {
         let username = "catalog-reader".to_string();
         let password = format!("pw-{}", std::process::id() ^ free_port() as u32);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -199,6 +214,10 @@ impl HttpGitServer {
                 )
             ),
         });
+        let (tls, ca_pem) = match tls {
+            Some((config, pem)) => (Some(config), Some(pem)),
+            None => (None, None),
+        };
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -210,17 +229,27 @@ impl HttpGitServer {
                     let state = state.clone();
                     async move { state.serve(request).await }
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                match tls {
+                    Some(config) => {
+                        axum::serve(super::file_server::TlsListener::new(listener, config), app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                            .unwrap()
+                    }
+                    None => axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                        .unwrap(),
+                }
             });
         });
         Self {
             username,
             password,
+            ca_pem,
             address,
             shutdown: Some(shutdown),
             thread: Some(thread),
@@ -228,7 +257,12 @@ impl HttpGitServer {
     }
 
     pub fn url(&self, repository: &str) -> String {
-        format!("http://{}/{repository}", self.address)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/{repository}", self.address)
     }
 }
 

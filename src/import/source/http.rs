@@ -15,6 +15,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use super::{SourceError, find_tls_error, reason};
+use crate::egress::{self, DowngradeRefused, EgressPolicy, Refusal, TooManyRedirects};
 
 /// Tuning of an [`HttpDownload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,8 @@ pub struct HttpSourceOptions {
     pub initial_backoff: Duration,
     /// Cap of the back-off and of a server's `Retry-After`.
     pub max_backoff: Duration,
+    /// Where the download may connect: checked on every connection and redirect.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Default for HttpSourceOptions {
@@ -48,6 +52,7 @@ impl Default for HttpSourceOptions {
             max_attempts: 8,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            egress: Arc::default(),
         }
     }
 }
@@ -508,6 +513,9 @@ impl HttpDownload {
     }
 
     async fn send(&self, url: &Url, range_from: Option<u64>) -> Result<reqwest::Response, Failure> {
+        // Literal IPs never reach the resolver that checks every other connection.
+        egress::check_url(&self.options.egress, url)
+            .map_err(|refusal| Failure::Fatal(self.refused(&refusal)))?;
         let mut request = self
             .client
             .get(url.clone())
@@ -747,7 +755,27 @@ impl HttpDownload {
         Failure::Fatal(error)
     }
 
+    /// A connection the egress policy refused: permanent, the daemon's flags must change.
+    fn refused(&self, refusal: &Refusal) -> SourceError {
+        SourceError::permanent(
+            reason::SOURCE_REFUSED_BY_POLICY,
+            format!("{} is not downloaded: {refusal}", self.shown),
+        )
+    }
+
     fn classify_request_error(&self, error: reqwest::Error) -> Failure {
+        if let Some(refusal) = egress::find_in_chain::<Refusal>(&error) {
+            return Failure::Fatal(self.refused(refusal));
+        }
+        if let Some(downgrade) = egress::find_in_chain::<DowngradeRefused>(&error) {
+            return Failure::Fatal(SourceError::permanent(
+                reason::SOURCE_REFUSED_BY_POLICY,
+                format!(
+                    "{} is not downloaded: {downgrade}; use an https source that stays on https",
+                    self.shown
+                ),
+            ));
+        }
         let host = self.target.url.host_str().unwrap_or_default().to_string();
         if let Some(tls) = find_tls_error(&error) {
             let hint = match tls {
@@ -775,7 +803,7 @@ impl HttpDownload {
                 ),
             ));
         }
-        if error.is_redirect() {
+        if error.is_redirect() || egress::find_in_chain::<TooManyRedirects>(&error).is_some() {
             return Failure::Fatal(SourceError::permanent(
                 reason::SOURCE_REJECTED,
                 format!(
@@ -834,7 +862,13 @@ fn build_client(
     let mut builder = reqwest::Client::builder()
         .http1_only()
         .user_agent(concat!("image-catalog/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .redirect(egress::redirect_policy(
+            options.egress.clone(),
+            MAX_REDIRECTS,
+        ))
+        // Every connection's addresses pass the egress policy after DNS, so a name that
+        // re-resolves to a refused address is refused on that connection too.
+        .dns_resolver(egress::PolicyResolver::new(options.egress.clone()))
         .connect_timeout(options.connect_timeout)
         .read_timeout(options.read_timeout)
         .tcp_keepalive(Duration::from_secs(30));

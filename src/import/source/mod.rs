@@ -82,6 +82,10 @@ pub mod reason {
     pub const SOURCE_REJECTED: &str = "SourceRejected";
     /// The TLS handshake failed, usually an untrusted certificate (permanent).
     pub const SOURCE_TLS_ERROR: &str = "SourceTLSError";
+    /// The source's address, host name or redirect is refused by the daemon's egress policy
+    /// (`--source-deny`, `--source-allow`, link-local by default) or is an https→http
+    /// redirect (permanent).
+    pub const SOURCE_REFUSED_BY_POLICY: &str = "SourceRefusedByPolicy";
     /// The host name did not resolve, even after retries (permanent).
     pub const SOURCE_HOST_NOT_FOUND: &str = "SourceHostNotFound";
     /// 5xx, 408, 429, refused or broken connections, timeouts: still failing after all
