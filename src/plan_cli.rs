@@ -60,6 +60,10 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
                     &catalog,
                     credentials,
                     None,
+                    catalog
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_applied_revision.clone()),
                     &args.egress.policy(),
                 )
                 .await

@@ -425,6 +425,106 @@ fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
 }
 
 #[test]
+fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
+    let _cleanup = Cleanup::fresh("cat-hold");
+    let repo = TestRepo::new();
+    let names = ["cat-hold-a", "cat-hold-b", "cat-hold-c", "cat-hold-d"];
+    repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&names.map(|name| (name, "other.raw"))),
+        )],
+        "four images",
+    );
+    let remote = GitDaemon::start(&repo.root);
+    apply_catalog("cat-hold", &remote.url(TestRepo::NAME), "");
+    for name in names {
+        wait_for_phase(name, "Ready");
+    }
+    let held_reason = |reason: &'static str, commit: String| {
+        move |c: &Value| {
+            c["status"]["lastAttemptedRevision"] == commit.as_str()
+                && condition(c, "Ready").is_some_and(|r| r["reason"] == reason)
+        }
+    };
+    let confirm = |commit: &str| {
+        world().env.kubectl_ok(&[
+            "annotate",
+            "imagecatalog",
+            "cat-hold",
+            &format!("imagecatalog.dev/confirm-commit={commit}"),
+            "--overwrite",
+        ]);
+    };
+
+    // Three of four images gone is more than the default 50%: held, nothing deleted.
+    let pruning = repo.commit(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-hold-a", "other.raw")]),
+        )],
+        "one image left",
+    );
+    assert_eq!(push_webhook("cat-hold", WEBHOOK_SECRET), 202);
+    let held = wait_for_catalog(
+        "cat-hold",
+        "the mass prune held",
+        held_reason("MassPruneHeld", pruning.clone()),
+    );
+    let message = condition(&held, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("would prune 3 of the catalog's 4 images"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "kubectl annotate imagecatalog cat-hold imagecatalog.dev/confirm-commit={pruning}"
+        )),
+        "{message}"
+    );
+    assert_eq!(condition(&held, "Stalled").unwrap()["status"], "True");
+    assert_ne!(held["status"]["lastAppliedRevision"], pruning.as_str());
+    for name in names {
+        assert!(get("cvi", name).is_some(), "{name} is still there");
+    }
+    // Confirmed: applied, and pruned.
+    confirm(&pruning);
+    wait_for("the confirmed prune", TIMEOUT, || {
+        names[1..]
+            .iter()
+            .all(|name| get("cvi", name).is_none())
+            .then_some(())
+    });
+    wait_for_catalog("cat-hold", "the confirmed commit applied", |c| {
+        c["status"]["lastAppliedRevision"] == pruning.as_str()
+    });
+
+    // A force-push: the new commit does not descend from the applied one. Held, even
+    // though it deletes nothing, until that very commit is confirmed.
+    let rewritten = repo.amend(
+        &[(
+            "images/a.yaml",
+            &catalog_file(&[("cat-hold-a", "other.raw"), ("cat-hold-e", "other.raw")]),
+        )],
+        "history rewritten",
+    );
+    assert_eq!(push_webhook("cat-hold", WEBHOOK_SECRET), 202);
+    let held = wait_for_catalog(
+        "cat-hold",
+        "the force-push held",
+        held_reason("ForcePushHeld", rewritten.clone()),
+    );
+    let message = condition(&held, "Ready").unwrap()["message"].to_string();
+    assert!(message.contains("does not descend from"), "{message}");
+    assert!(get("cvi", "cat-hold-e").is_none());
+    confirm(&rewritten);
+    wait_for_phase("cat-hold-e", "Ready");
+}
+
+#[test]
 fn an_invalid_commit_applies_nothing_and_names_each_problem() {
     let _cleanup = Cleanup::fresh("cat-invalid");
     let repo = TestRepo::new();

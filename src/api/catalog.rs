@@ -30,6 +30,9 @@ pub mod keys {
     /// the token in an Upload image's URLs, so the URLs keep working after a restart or a
     /// takeover. Never the token itself.
     pub const UPLOAD_TOKEN_SHA256: &str = "imagecatalog.dev/upload-token-sha256";
+    /// Annotation on an ImageCatalog, set by a person: the commit (full id) whose hold they
+    /// confirm — a force-push, or a prune of more than `maxPrunePercent` of the images.
+    pub const CONFIRM_COMMIT: &str = "imagecatalog.dev/confirm-commit";
     /// The prefix of every key above: catalog entries may not set keys under it.
     pub const PREFIX: &str = "imagecatalog.dev/";
 }
@@ -74,6 +77,12 @@ pub struct ImageCatalogSpec {
     /// Delete the images this catalog created once their entry is gone from Git.
     #[serde(default = "default_true")]
     pub prune: bool,
+    /// The largest share (percent) of this catalog's images one commit may prune; a commit
+    /// that would prune more is held, nothing deleted, until a person confirms it with the
+    /// `imagecatalog.dev/confirm-commit` annotation. 100: never held for pruning.
+    #[serde(default = "default_max_prune_percent")]
+    #[schemars(range(max = 100))]
+    pub max_prune_percent: u8,
     /// Labels added to every image of the catalog (an entry's own labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -98,6 +107,10 @@ pub struct ImageCatalogSpec {
 
 fn default_interval() -> String {
     "5m".into()
+}
+
+fn default_max_prune_percent() -> u8 {
+    50
 }
 
 fn default_true() -> bool {

@@ -225,20 +225,23 @@ pub fn fetch(
         // A commit never changes: once here, no need to ask the server again.
         return Ok(FetchedCommit { commit: found });
     }
-    let refspec = match reference {
-        GitReference::Branch(branch) => format!("+refs/heads/{branch}:{FETCHED_REF}"),
-        GitReference::Tag(tag) => format!("+refs/tags/{tag}:{FETCHED_REF}"),
-        GitReference::Commit(commit) => format!("+{commit}:{FETCHED_REF}"),
-    };
+    let refspec = refspec_of(reference);
     // A ref left by an earlier fetch must never stand in for this one.
     if let Ok(mut stale) = repo.find_reference(FETCHED_REF) {
         let _ = stale.delete();
     }
-    let first = run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], true);
+    let first = run_fetch(
+        &repo,
+        url,
+        credentials,
+        egress,
+        &[refspec.as_str()],
+        Some(1),
+    );
     let first = match first {
         // Dumb HTTP and some servers cannot serve a shallow fetch.
         Err(GitError::Other(message)) if message.contains("shallow") => {
-            run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], false)
+            run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], None)
         }
         other => other,
     };
@@ -252,7 +255,7 @@ pub fn fetch(
                 "+refs/heads/*:refs/image-catalog/heads/*",
                 "+refs/tags/*:refs/image-catalog/tags/*",
             ];
-            run_fetch(&repo, url, credentials, egress, &everything, false)?;
+            run_fetch(&repo, url, credentials, egress, &everything, None)?;
         }
         (_, Err(error)) => return Err(error),
     }
@@ -278,6 +281,56 @@ pub fn fetch(
     Ok(FetchedCommit {
         commit: commit.id().to_string(),
     })
+}
+
+fn refspec_of(reference: &GitReference) -> String {
+    match reference {
+        GitReference::Branch(branch) => format!("+refs/heads/{branch}:{FETCHED_REF}"),
+        GitReference::Tag(tag) => format!("+refs/tags/{tag}:{FETCHED_REF}"),
+        GitReference::Commit(commit) => format!("+{commit}:{FETCHED_REF}"),
+    }
+}
+
+/// How much history is fetched to tell whether a branch moved forward.
+const ANCESTRY_DEPTH: i32 = 256;
+
+/// Whether `commit` (fetched into the cache) descends from `applied`, the commit applied
+/// before: false for a force-push or a moved tag, and also when `applied` is more than
+/// ANCESTRY_DEPTH commits back (the hold then asks a person, which is the safe side).
+pub fn descends_from(
+    cache_dir: &Path,
+    url: &str,
+    reference: &GitReference,
+    credentials: &GitCredentials,
+    egress: &EgressPolicy,
+    commit: &str,
+    applied: &str,
+) -> Result<bool, GitError> {
+    let repo = open_cache(cache_dir)?;
+    let descends =
+        |repo: &Repository| match (git2::Oid::from_str(commit), git2::Oid::from_str(applied)) {
+            (Ok(new), Ok(old)) => new == old || repo.graph_descendant_of(new, old).unwrap_or(false),
+            _ => false,
+        };
+    if descends(&repo) {
+        return Ok(true);
+    }
+    // The usual fetch is shallow (one commit): deepen before saying it does not descend.
+    let refspec = refspec_of(reference);
+    match run_fetch(
+        &repo,
+        url,
+        credentials,
+        egress,
+        &[refspec.as_str()],
+        Some(ANCESTRY_DEPTH),
+    ) {
+        Err(GitError::Other(message)) if message.contains("shallow") => {
+            run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], None)?
+        }
+        other => other?,
+    }
+    Ok(descends(&repo))
 }
 
 fn describe(reference: &GitReference) -> String {
@@ -594,7 +647,7 @@ fn run_fetch(
     credentials: &GitCredentials,
     egress: &EgressPolicy,
     refspecs: &[&str],
-    shallow: bool,
+    depth: Option<i32>,
 ) -> Result<(), GitError> {
     check_remote(url, credentials, egress)?;
     let verdict = CallbackVerdict::default();
@@ -606,8 +659,8 @@ fn run_fetch(
         // host only, and libgit2 offers no hook to check another host's addresses.
         options.follow_redirects(RemoteRedirect::None);
         options.download_tags(git2::AutotagOption::None);
-        if shallow {
-            options.depth(1);
+        if let Some(depth) = depth {
+            options.depth(depth);
         }
         let header = bearer_header(credentials);
         options.custom_headers(&header.iter().map(String::as_str).collect::<Vec<_>>());
@@ -830,7 +883,7 @@ pub fn push_note(
     let mut last_error = None;
     for _ in 0..4 {
         let refspec = format!("+{notes_ref}:{notes_ref}");
-        match run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], false) {
+        match run_fetch(&repo, url, credentials, egress, &[refspec.as_str()], None) {
             Ok(()) => {}
             // No notes on the remote yet: start them.
             Err(GitError::ReferenceNotFound(_)) => {

@@ -66,6 +66,8 @@ struct Memory {
     fetched_at: Instant,
     commit: String,
     loaded: Arc<Result<Vec<CatalogImage>, Vec<Problem>>>,
+    /// The applied commit, when `commit` does not descend from it.
+    diverged_from: Option<String>,
     /// A webhook asked for a fetch now.
     fetch_requested: bool,
 }
@@ -319,6 +321,7 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
         Outcome::FetchFailed { .. } => "fetch_failed",
         Outcome::Invalid { .. } => "invalid",
         Outcome::ApplyFailed { .. } => "apply_failed",
+        Outcome::Held { .. } => "held",
         Outcome::Applied { .. } if writes.count() == 0 => "unchanged",
         Outcome::Applied { .. } => "applied",
     };
@@ -373,11 +376,18 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
     let credentials = super::source::credentials(&ctx.secrets, catalog).await?;
     // Same commit and same spec: the files are what the last fetch read.
     let same_spec = remembered.as_ref().filter(|m| m.generation == generation);
+    // Whether the branch moved forward is asked of the commit applied under this very spec;
+    // a new spec (another branch, say) starts afresh.
+    let status = catalog.status.as_ref();
+    let applied = status
+        .filter(|s| s.observed_generation == generation)
+        .and_then(|s| s.last_applied_revision.clone());
     let fetched = super::source::fetch(
         &ctx.settings.cache_dir.join(&name),
         catalog,
         credentials,
         same_spec.map(|m| m.commit.clone()),
+        applied,
         &ctx.settings.egress,
     )
     .await?;
@@ -392,6 +402,7 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
         fetched_at: Instant::now(),
         commit: fetched.commit,
         loaded,
+        diverged_from: fetched.diverged_from,
         fetch_requested: false,
     };
     if let Ok(mut all) = ctx.memory.lock() {
@@ -436,6 +447,29 @@ async fn apply_commit(
             Outcome::Applied {
                 commit,
                 waiting_for_deletion: 0,
+            },
+            interval,
+        );
+    }
+    let confirmed = plan::confirms(
+        catalog
+            .annotations()
+            .get(keys::CONFIRM_COMMIT)
+            .map(String::as_str),
+        &commit,
+    );
+    if let Some(hold) = plan::hold(
+        &plan,
+        memory.diverged_from.as_deref(),
+        catalog.spec.max_prune_percent,
+        confirmed,
+    ) {
+        let message = hold.message(&name, &commit);
+        return (
+            Outcome::Held {
+                commit,
+                reason: hold.reason().into(),
+                message,
             },
             interval,
         );
@@ -733,6 +767,26 @@ async fn announce(
                 reason: reason.clone(),
                 note: Some(status::truncate_note(message)),
                 action: "Fetch".into(),
+                secondary: None,
+            })
+        }
+        Outcome::Held {
+            commit,
+            reason,
+            message,
+        } if previous.last_attempted_revision.as_deref() != Some(commit.as_str())
+            || previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.reason.as_str())
+                != Some(reason.as_str()) =>
+        {
+            Some(Event {
+                type_: EventType::Warning,
+                reason: reason.clone(),
+                note: Some(status::truncate_note(message)),
+                action: "Apply".into(),
                 secondary: None,
             })
         }

@@ -252,6 +252,94 @@ pub fn plan(
     result
 }
 
+/// Why a valid commit waits for a person before it is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// The branch or tag moved to a commit that does not descend from the applied one.
+    ForcePush { applied: String, pruning: usize },
+    /// The commit would prune more than the catalog's `maxPrunePercent` of its images.
+    MassPrune {
+        pruning: usize,
+        owned: usize,
+        max_percent: u8,
+    },
+}
+
+impl Hold {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ForcePush { .. } => "ForcePushHeld",
+            Self::MassPrune { .. } => "MassPruneHeld",
+        }
+    }
+
+    /// What happened and the one command that lets it through.
+    pub fn message(&self, catalog: &str, commit: &str) -> String {
+        let what = match self {
+            Self::ForcePush { applied, pruning } => format!(
+                "Commit {} does not descend from the applied commit {} (a force-push, or a moved tag){}",
+                short(commit),
+                short(applied),
+                match pruning {
+                    0 => String::new(),
+                    n => format!(" and would prune {n} images"),
+                }
+            ),
+            Self::MassPrune {
+                pruning,
+                owned,
+                max_percent,
+            } => format!(
+                "Commit {} would prune {pruning} of the catalog's {owned} images, more than maxPrunePercent ({max_percent}%)",
+                short(commit)
+            ),
+        };
+        format!(
+            "{what}; it is held and nothing changed. If that is meant: kubectl annotate imagecatalog {catalog} {}={commit} --overwrite",
+            keys::CONFIRM_COMMIT
+        )
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+/// Whether a valid plan waits for confirmation: a commit that does not descend from the
+/// applied one (`diverged_from`), or a prune of more than `max_prune_percent` of the images
+/// the catalog owns. `confirmed`: a person confirmed this very commit.
+pub fn hold(
+    plan: &Plan,
+    diverged_from: Option<&str>,
+    max_prune_percent: u8,
+    confirmed: bool,
+) -> Option<Hold> {
+    if confirmed {
+        return None;
+    }
+    let pruning = plan.prune.len();
+    if let Some(applied) = diverged_from {
+        return Some(Hold::ForcePush {
+            applied: applied.to_string(),
+            pruning,
+        });
+    }
+    let owned = pruning + plan.images.iter().filter(|i| i.uid.is_some()).count();
+    let over = pruning as u64 * 100 > owned as u64 * u64::from(max_prune_percent.min(100));
+    (pruning > 0 && over).then_some(Hold::MassPrune {
+        pruning,
+        owned,
+        max_percent: max_prune_percent,
+    })
+}
+
+/// Whether the confirm annotation names `commit` (its full id; a shorter prefix would let
+/// one confirmation through for any later commit that shares it).
+pub fn confirms(annotation: Option<&str>, commit: &str) -> bool {
+    annotation.is_some_and(|value| value.trim().eq_ignore_ascii_case(commit))
+}
+
 /// A Ready (or lost) image's spec is frozen by the admission policy.
 fn is_frozen(cvi: &ClusterVirtualImage) -> bool {
     matches!(
@@ -494,5 +582,93 @@ mod tests {
             plan.prune.is_empty(),
             "an image of another catalog is never pruned"
         );
+    }
+
+    /// A plan against `owned` applied images of which the commit keeps `kept`.
+    fn pruning_plan(owned: usize, kept: usize) -> Plan {
+        let names: Vec<String> = (0..owned).map(|i| format!("img-{i}")).collect();
+        let old: Vec<CatalogImage> = names
+            .iter()
+            .map(|n| image(n, &format!("https://x/{n}.img")))
+            .collect();
+        let old = render("base", &spec(), &old);
+        let cluster: Vec<ClusterVirtualImage> = old
+            .iter()
+            .map(|d| applied(d, "c1", Some(ImagePhase::Ready)))
+            .collect();
+        let new: Vec<CatalogImage> = names[..kept]
+            .iter()
+            .map(|n| image(n, &format!("https://x/{n}.img")))
+            .collect();
+        let new = render("base", &spec(), &new);
+        plan(
+            "base",
+            new,
+            &cluster.iter().collect::<Vec<_>>(),
+            true,
+            ReadyImagePolicy::Fail,
+        )
+    }
+
+    #[test]
+    fn a_commit_pruning_more_than_the_allowed_share_is_held_until_confirmed() {
+        // 10 images, the default 50%: pruning 5 goes through, 6 is held.
+        assert_eq!(hold(&pruning_plan(10, 5), None, 50, false), None);
+        let held = hold(&pruning_plan(10, 4), None, 50, false).unwrap();
+        assert_eq!(
+            held,
+            Hold::MassPrune {
+                pruning: 6,
+                owned: 10,
+                max_percent: 50
+            }
+        );
+        let message = held.message("base", "0123456789abcdef0123456789abcdef01234567");
+        assert!(
+            message.contains("would prune 6 of the catalog's 10 images"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "kubectl annotate imagecatalog base imagecatalog.dev/confirm-commit=0123456789abcdef0123456789abcdef01234567"
+            ),
+            "{message}"
+        );
+        assert_eq!(hold(&pruning_plan(10, 4), None, 50, true), None);
+        // Emptying the catalog is held; 100% never holds; nothing to prune never holds.
+        assert!(hold(&pruning_plan(3, 0), None, 50, false).is_some());
+        assert_eq!(hold(&pruning_plan(3, 0), None, 100, false), None);
+        assert_eq!(hold(&pruning_plan(3, 3), None, 0, false), None);
+        assert!(hold(&pruning_plan(3, 2), None, 0, false).is_some());
+    }
+
+    #[test]
+    fn a_commit_that_does_not_descend_from_the_applied_one_is_held_until_confirmed() {
+        let held = hold(&pruning_plan(4, 3), Some("c0ffee"), 50, false).unwrap();
+        assert_eq!(
+            held,
+            Hold::ForcePush {
+                applied: "c0ffee".into(),
+                pruning: 1
+            }
+        );
+        assert_eq!(held.reason(), "ForcePushHeld");
+        assert!(
+            held.message("base", "beef")
+                .contains("would prune 1 images")
+        );
+        assert_eq!(hold(&pruning_plan(4, 3), Some("c0ffee"), 50, true), None);
+    }
+
+    #[test]
+    fn only_the_full_commit_id_confirms() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        assert!(confirms(Some(commit), commit));
+        assert!(confirms(
+            Some(&format!(" {} ", commit.to_uppercase())),
+            commit
+        ));
+        assert!(!confirms(Some("0123456789ab"), commit));
+        assert!(!confirms(None, commit));
     }
 }

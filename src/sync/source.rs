@@ -56,15 +56,19 @@ pub struct Fetched {
     /// The commit's catalog files, or the one problem that kept them from being read (too
     /// large). None when the commit is `known_commit`: nothing to read again.
     pub files: Option<Result<Vec<SourceFile>, Problem>>,
+    /// The applied commit, when the fetched one does not descend from it (a force-push or
+    /// a moved tag).
+    pub diverged_from: Option<String>,
 }
 
 /// Fetches the catalog's revision into `cache` and reads its files, unless the commit is
-/// `known_commit`.
+/// `known_commit`; and tells whether it descends from `applied`, the commit applied before.
 pub async fn fetch(
     cache: &Path,
     catalog: &ImageCatalog,
     credentials: GitCredentials,
     known_commit: Option<String>,
+    applied: Option<String>,
     egress: &std::sync::Arc<crate::egress::EgressPolicy>,
 ) -> Result<Fetched, Outcome> {
     let git = &catalog.spec.git;
@@ -89,10 +93,25 @@ pub async fn fetch(
     let egress = egress.clone();
     tokio::task::spawn_blocking(move || {
         let fetched = git::fetch(&cache, &url, &reference, &credentials, &egress)?;
+        // A pinned commit has no history to follow: changing it is a change of the spec.
+        let diverged_from = match (&reference, applied) {
+            (GitReference::Commit(_), _) | (_, None) => None,
+            (_, Some(applied)) => (!git::descends_from(
+                &cache,
+                &url,
+                &reference,
+                &credentials,
+                &egress,
+                &fetched.commit,
+                &applied,
+            )?)
+            .then_some(applied),
+        };
         if known_commit.as_deref() == Some(fetched.commit.as_str()) {
             return Ok(Fetched {
                 commit: fetched.commit,
                 files: None,
+                diverged_from,
             });
         }
         let files = match git::read_files(&cache, &fetched.commit, &path) {
@@ -114,6 +133,7 @@ pub async fn fetch(
         Ok::<_, git::GitError>(Fetched {
             commit: fetched.commit,
             files: Some(files),
+            diverged_from,
         })
     })
     .await

@@ -30,6 +30,13 @@ pub enum Outcome {
         commit: String,
         message: String,
     },
+    /// The commit is valid but waits for a person to confirm it (a force-push, a mass
+    /// prune); nothing was applied.
+    Held {
+        commit: String,
+        reason: String,
+        message: String,
+    },
     /// The commit is applied; `waiting_for_deletion` images are being recreated.
     Applied {
         commit: String,
@@ -42,6 +49,7 @@ impl Outcome {
         match self {
             Self::Invalid { commit, .. }
             | Self::ApplyFailed { commit, .. }
+            | Self::Held { commit, .. }
             | Self::Applied { commit, .. } => Some(commit),
             Self::Suspended | Self::FetchFailed { .. } => None,
         }
@@ -141,6 +149,13 @@ pub fn next_status(
                 ("True", "ValidationFailed", message),
             )
         }
+        Outcome::Held {
+            reason, message, ..
+        } => (
+            ("False", reason.as_str(), message.clone()),
+            ("False", reason.as_str(), String::new()),
+            ("True", reason.as_str(), message.clone()),
+        ),
         Outcome::ApplyFailed { commit, message } => {
             let message = format!(
                 "Applying commit {} failed: {message}; retrying.",
@@ -349,6 +364,8 @@ pub fn commit_check(
             CheckState::Pending,
             format!("Applying failed, retrying: {message}"),
         ),
+        // Waiting for a person: neither failed nor on its way by itself.
+        Outcome::Held { message, .. } => (CheckState::Pending, message.clone()),
         Outcome::Applied { .. } if counts.failed + counts.image_lost > 0 => (
             CheckState::Failure,
             format!("{}; {}", summary(&counts), failed_text(images)),

@@ -79,6 +79,18 @@ impl TestRepo {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// Replaces the last commit with one of `files` and force-pushes `main`: the new commit
+    /// does not descend from the old one. Returns its id.
+    pub fn amend(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            std::fs::write(self.work.join(path), content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "--amend", "-m", message]);
+        git(&self.work, &["push", "-q", "-f", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
     /// Tags the current commit (annotated) and pushes the tag.
     pub fn tag(&self, name: &str) {
         git(&self.work, &["tag", "-a", "-m", name, name]);
