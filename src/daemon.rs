@@ -17,6 +17,7 @@ use crate::import::inspect::InspectLimits;
 use crate::import::pipeline::PipelineSettings;
 use crate::import::source::http::HttpSourceOptions;
 use crate::import::source::upload::UploadGate;
+use crate::import::spool::{self, SpoolBudget};
 use crate::k8s::leader_pod::{LEADER_LABEL, Marked};
 use crate::k8s::lease::{self, Election, LeaseConfig, Timings};
 use crate::k8s::secrets::{SecretReader, registry_credentials};
@@ -139,6 +140,12 @@ pub struct ControllerArgs {
     /// Where to keep downloads of unknown size until their size is known.
     #[arg(long, env = "SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// The size of the spool (a Kubernetes quantity such as `16Gi`: the emptyDir's
+    /// sizeLimit): downloads of unknown size hold at most fifteen sixteenths of it together.
+    /// One larger than that fails with SpoolTooSmall; one that finds it full waits and is
+    /// tried again (SpoolBusy).
+    #[arg(long, env = "SPOOL_SIZE", default_value = "16Gi", value_parser = parse_spool_size)]
+    pub spool_size: u64,
     /// Refuse images that unpack to more than this many bytes (decompression bombs).
     #[arg(long, env = "MAX_UNPACKED_SIZE", default_value_t = 1 << 40)]
     pub max_unpacked_size: u64,
@@ -571,6 +578,12 @@ fn spawn_readiness_probe(client: Client, ready: Arc<AtomicBool>) {
 
 /// What only the leader runs: the controllers, verification, and the upload and webhook
 /// endpoints (whose Services select the leader's pod).
+fn parse_spool_size(text: &str) -> Result<u64, String> {
+    spool::parse_quantity(text)
+        .filter(|size| *size > 0)
+        .ok_or_else(|| format!("{text:?} is not a size such as 16Gi, 500M or 1073741824"))
+}
+
 fn start_leader_parts(
     args: &ControllerArgs,
     client: &Client,
@@ -613,6 +626,18 @@ fn start_leader_parts(
     }
 
     if let Some(dvcr) = dvcr {
+        let spool_dir = args.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+        // Nothing imports yet: what a killed daemon left in the spool goes now.
+        match spool::sweep(&spool_dir) {
+            Ok(removed) if !removed.is_empty() => {
+                let bytes: u64 = removed.iter().map(|(_, size)| size).sum();
+                tracing::info!(files = removed.len(), bytes, dir = %spool_dir.display(), "removed spool files an earlier daemon left");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, dir = %spool_dir.display(), "cannot sweep the spool folder")
+            }
+        }
         let settings = ControllerSettings {
             max_concurrent_imports: args.max_concurrent_imports,
             selector: args.selector.clone(),
@@ -623,7 +648,8 @@ fn start_leader_parts(
                         args.max_decoder_memory_mib.saturating_mul(1 << 20),
                     ),
                 },
-                spool_dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+                spool_dir: spool_dir.clone(),
+                spool_budget: SpoolBudget::new(spool::budget_of(args.spool_size)),
                 pace: crate::import::pace::Pace {
                     window: Duration::from_secs(args.source_window_seconds.max(1)),
                     min_bytes_per_window: args.source_min_kib_per_window.saturating_mul(1024),

@@ -456,6 +456,7 @@ async fn pipeline_stores_the_disk_of_a_container_image_in_dvcr() {
         let settings = PipelineSettings {
             inspect: InspectLimits::default(),
             spool_dir: spool.path().to_path_buf(),
+            spool_budget: image_catalog::import::spool::SpoolBudget::new(1 << 40),
             pace: Default::default(),
         };
         let unique = format!(

@@ -504,6 +504,64 @@ fn a_source_that_drips_a_byte_at_a_time_is_dropped_at_the_end_of_its_window() {
 }
 
 #[test]
+fn the_spool_is_swept_at_start_and_a_download_larger_than_it_fails_without_filling_it() {
+    let world = world();
+    const SPOOLED: &str = "import-spool";
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    // Left by a daemon that was killed: its process is gone. And a file that is not ours.
+    let left = spool.join("image-catalog-spool-4294967294-1-abc123");
+    let foreign = spool.join("keep-me");
+    std::fs::write(&left, vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(&foreign, b"not the daemon's").unwrap();
+    let _controller = start_controller(
+        world.env,
+        dir.path(),
+        SPOOLED,
+        free_port(),
+        &format!("--spool-dir '{}' --spool-size 4Mi", spool.display()),
+    );
+    wait_for(
+        "the left spool file to be swept",
+        Duration::from_secs(60),
+        || (!left.exists()).then_some(()),
+    );
+    assert!(foreign.exists(), "files not named by the daemon stay");
+
+    // No Content-Length: the bytes go to the spool until the size is known, and 8 MiB is
+    // more than 4Mi's fifteen sixteenths.
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    write_random(&served.join("big.raw"), 8 << 20, 0);
+    let server = FileServer::start(&served);
+    server.set_behavior("/big.raw", Behavior::default().chunked());
+    let name = "larger-than-the-spool";
+    cvi::recreate(
+        world.env,
+        &cvi::manifest(
+            SPOOLED,
+            name,
+            serde_json::json!({"type": "HTTP", "http": {"url": server.url("big.raw")}}),
+        ),
+    );
+    let cvi = settled(world.env, name);
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "SpoolTooSmall", "{message}");
+    assert!(message.contains("--spool-size"), "{message}");
+    let spooled: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "keep-me")
+        .collect();
+    assert!(
+        spooled.is_empty(),
+        "the spool file went with the import: {spooled:?}"
+    );
+}
+
+#[test]
 fn a_source_the_egress_policy_refuses_fails_with_the_reason_and_the_flag_that_opens_it() {
     let world = world();
     const FENCED: &str = "import-egress";

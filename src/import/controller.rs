@@ -103,6 +103,8 @@ pub enum Error {
     Cleanup(#[from] crate::dvcr::DvcrError),
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the daemon hit a bug (a panic: {0}); retrying in a minute")]
+    Panicked(String),
 }
 
 impl Error {
@@ -113,6 +115,7 @@ impl Error {
             Self::Status(_) => "status_write",
             Self::Cleanup(_) => "dvcr_cleanup",
             Self::Finalizer(_) => "finalizer",
+            Self::Panicked(_) => "panic",
         }
     }
 }
@@ -239,20 +242,26 @@ pub async fn run(ctx: Arc<Context>) {
 
 async fn reconcile(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, cvi, |event| async {
+    let reconciled = finalizer(&api, FINALIZER, cvi, |event| async {
         match event {
             FinalizerEvent::Apply(cvi) => apply(cvi, ctx.clone()).await,
             FinalizerEvent::Cleanup(cvi) => cleanup(cvi, ctx.clone()).await,
         }
-    })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)))
+    });
+    crate::panics::caught(reconciled)
+        .await
+        .map_err(Error::Panicked)?
+        .map_err(|error| Error::Finalizer(Box::new(error)))
 }
 
 fn error_policy(cvi: Arc<ClusterVirtualImage>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.count_reconcile_error(error.kind());
     tracing::warn!(image = %cvi.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    match error {
+        // The same object likely panics again: not in a tight loop.
+        Error::Panicked(_) => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
 }
 
 async fn apply(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -322,8 +331,9 @@ async fn import_task(
     let name = cvi.name_any();
     let uid = cvi.uid().unwrap_or_default();
     let mut writer = StatusWriter::new(ctx.clone(), &cvi, generation);
+    let run = crate::panics::caught(run_import(&ctx, &cvi, &mut writer, &cancel));
     let outcome = tokio::select! {
-        outcome = run_import(&ctx, &cvi, &mut writer, &cancel) => outcome,
+        outcome = run => outcome.unwrap_or_else(|message| Err(ImportError::Panicked(message))),
         _ = cancel.cancelled() => Err(ImportError::Cancelled),
     };
     match outcome {

@@ -11,4 +11,5 @@ pub mod pace;
 pub mod pipeline;
 pub mod progress;
 pub mod source;
+pub mod spool;
 pub mod status;

@@ -5,6 +5,7 @@
 //! matched and the inspection accepted it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use crate::import::digest::{self, ChecksumMismatch, FileDigests, Md5Hasher, Sha2
 use crate::import::inspect::{ImageInfo, InspectError, InspectLimits, Inspector};
 use crate::import::pace::{Pace, PaceWatch, TooSlow};
 use crate::import::source::{SourceError, SourceErrorKind};
+use crate::import::spool::{self, SpoolBudget, SpoolFull};
 
 /// How many chunks may wait between two stages: with `STAGE_CHUNK` the bound on the
 /// pipeline's memory (the stages share the chunks, they are not copies).
@@ -78,6 +80,8 @@ pub struct PipelineSettings {
     /// Where to keep the bytes of a source that does not announce its size until the size is
     /// known (the tar header of the layer comes before the bytes).
     pub spool_dir: PathBuf,
+    /// The bytes all spooled downloads may hold together.
+    pub spool_budget: Arc<SpoolBudget>,
     /// How slow a source may be.
     pub pace: Pace,
 }
@@ -106,6 +110,8 @@ pub enum ImportError {
     Dvcr(#[from] DvcrError),
     #[error("cannot spool the download to {dir}: {error}; check --spool-dir and free disk space")]
     Spool { dir: String, error: std::io::Error },
+    #[error("{}", spool_full_message(.0))]
+    SpoolFull(SpoolFull),
     #[error("the import was cancelled")]
     Cancelled,
     #[error(
@@ -123,6 +129,23 @@ pub enum ImportError {
     UploadTokenNotSaved(String),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
+    #[error(
+        "the daemon hit a bug while importing this image ({0}); the import ended here. Report it with the daemon's log; delete and create the image again to retry"
+    )]
+    Panicked(String),
+}
+
+fn spool_full_message(full: &SpoolFull) -> String {
+    match full {
+        SpoolFull::TooLarge { limit } => format!(
+            "the source sent more than the whole spool holds ({} MiB) before its size was known; if the image is really that large, raise the chart's spool.sizeLimit (--spool-size)",
+            limit >> 20
+        ),
+        SpoolFull::Busy { limit } => format!(
+            "the spool ({} MiB) is full with other downloads; the import is tried again",
+            limit >> 20
+        ),
+    }
 }
 
 impl ImportError {
@@ -134,11 +157,13 @@ impl ImportError {
             Self::Checksum(_) => "ChecksumMismatch",
             Self::Dvcr(error) => error.reason(),
             Self::Spool { .. } => "SpoolFailed",
+            Self::SpoolFull(SpoolFull::TooLarge { .. }) => "SpoolTooSmall",
+            Self::SpoolFull(SpoolFull::Busy { .. }) => "SpoolBusy",
             Self::Cancelled => "Cancelled",
             Self::UploadTimedOut(_) => "UploadTimedOut",
             Self::UploadTokenUnavailable(_) => "UploadTokenUnavailable",
             Self::UploadTokenNotSaved(_) => "UploadTokenNotSaved",
-            Self::Stage(_) => "InternalError",
+            Self::Stage(_) | Self::Panicked(_) => "InternalError",
         }
     }
 
@@ -147,7 +172,7 @@ impl ImportError {
         match self {
             Self::Source(error) => error.kind == SourceErrorKind::Transient,
             Self::Dvcr(error) => error.is_transient(),
-            Self::Spool { .. } => true,
+            Self::Spool { .. } | Self::SpoolFull(SpoolFull::Busy { .. }) => true,
             Self::Inspect(error) => error.is_transient(),
             _ => false,
         }
@@ -185,7 +210,7 @@ pub async fn store(
             dvcr.start_disk_layer(&request.repository, &file_name, size)
                 .await?,
         )),
-        None => Sink::spool(&settings.spool_dir).await?,
+        None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
     };
     let pace = PaceWatch::start(settings.pace, tokio::time::Instant::now());
     let pumped = pump(&mut source, &mut stages, &mut sink, progress, pace, cancel).await;
@@ -468,13 +493,15 @@ enum Sink {
 }
 
 impl Sink {
-    async fn spool(dir: &std::path::Path) -> Result<Self, ImportError> {
+    async fn spool(dir: &std::path::Path, budget: &Arc<SpoolBudget>) -> Result<Self, ImportError> {
         let spool_error = |error| ImportError::Spool {
             dir: dir.display().to_string(),
             error,
         };
+        static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let prefix = PREFIX.get_or_init(|| spool::file_prefix(spool::Owner::current()));
         let path = tempfile::Builder::new()
-            .prefix("image-catalog-spool-")
+            .prefix(prefix.as_str())
             .tempfile_in(dir)
             .map_err(spool_error)?
             .into_temp_path();
@@ -483,17 +510,24 @@ impl Sink {
             path,
             file,
             dir: dir.display().to_string(),
+            reservation: budget.reservation(),
         }))
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), ImportError> {
         match self {
             Self::Upload(upload) => Ok(upload.write(chunk).await?),
-            Self::Spool(spool) => spool
-                .file
-                .write_all(&chunk)
-                .await
-                .map_err(|error| spool.error(error)),
+            Self::Spool(spool) => {
+                spool
+                    .reservation
+                    .grow(chunk.len() as u64)
+                    .map_err(ImportError::SpoolFull)?;
+                spool
+                    .file
+                    .write_all(&chunk)
+                    .await
+                    .map_err(|error| spool.error(error))
+            }
         }
     }
 
@@ -510,6 +544,8 @@ struct Spool {
     path: tempfile::TempPath,
     file: tokio::fs::File,
     dir: String,
+    /// Given back when the spool file is gone (dropped with it).
+    reservation: spool::Reservation,
 }
 
 impl Spool {

@@ -97,6 +97,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the daemon hit a bug (a panic: {0}); retrying in a minute")]
+    Panicked(String),
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -196,20 +198,52 @@ fn tokio_stream_from<T: Send + 'static>(
 
 async fn reconcile(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<ImageCatalog> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, catalog, |event| async {
+    let reconciled = finalizer(&api, FINALIZER, catalog.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(catalog) => sync(catalog, ctx.clone()).await,
             FinalizerEvent::Cleanup(catalog) => cleanup(catalog, ctx.clone()).await,
         }
-    })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)))
+    });
+    match crate::panics::caught(reconciled).await {
+        Ok(result) => result.map_err(|error| Error::Finalizer(Box::new(error))),
+        Err(panic) => {
+            report_panic(&ctx, &catalog, &panic).await;
+            Err(Error::Panicked(panic))
+        }
+    }
+}
+
+/// Says on the catalog that the daemon hit a bug with it; other catalogs go on.
+async fn report_panic(ctx: &Context, catalog: &ImageCatalog, panic: &str) {
+    let outcome = Outcome::FetchFailed {
+        reason: "InternalError".into(),
+        message: format!(
+            "The daemon hit a bug syncing this catalog ({panic}); nothing more was applied, and it tries again in a minute. Report it with the daemon's log."
+        ),
+    };
+    let previous = catalog.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let images = images_of(ctx, &catalog.name_any());
+    let next = status::next_status(
+        &previous,
+        catalog.meta().generation,
+        &outcome,
+        &images,
+        &now,
+    );
+    if let Err(error) = write_status(ctx, &catalog.name_any(), &next).await {
+        tracing::warn!(catalog = %catalog.name_any(), %error, "could not report the panic on the catalog");
+    }
 }
 
 fn error_policy(catalog: Arc<ImageCatalog>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.count_reconcile_error("catalog");
     tracing::warn!(catalog = %catalog.name_any(), %error, "catalog sync failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+    match error {
+        // The same commit likely panics again: not in a tight loop.
+        Error::Panicked(_) => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(10)),
+    }
 }
 
 /// A catalog being deleted takes its images with it when it prunes.

@@ -198,7 +198,12 @@ pub async fn run(
                 tokio::spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
                         metrics.verifications_in_flight.inc();
-                        run_one(&client, &dvcr, &recorder, &metrics, &cvi, &egress).await;
+                        let run = run_one(&client, &dvcr, &recorder, &metrics, &cvi, &egress);
+                        // A bug in one check must not leave the image marked as running
+                        // (never verified again).
+                        if let Err(panic) = crate::panics::caught(run).await {
+                            tracing::error!(image = %cvi.name_any(), %panic, "verification hit a bug; the next run is on schedule");
+                        }
                         metrics.verifications_in_flight.dec();
                     }
                     let _ = done.send(Done::Verified {
