@@ -149,9 +149,14 @@ async fn open_err(
     ca: Option<&str>,
     credentials: Option<RegistryCredentials>,
 ) -> SourceError {
-    ContainerDisk::open(image, ca.map(str::as_bytes), credentials)
-        .await
-        .expect_err("open must fail")
+    ContainerDisk::open(
+        image,
+        ca.map(str::as_bytes),
+        credentials,
+        &Default::default(),
+    )
+    .await
+    .expect_err("open must fail")
 }
 
 #[tokio::test]
@@ -166,9 +171,14 @@ async fn public_registry_uncompressed_layer_streams_the_disk() {
         "application/vnd.oci.image.layer.v1.tar"
     );
 
-    let source = ContainerDisk::open(&image, Some(registry.ca_pem().as_bytes()), None)
-        .await
-        .unwrap();
+    let source = ContainerDisk::open(
+        &image,
+        Some(registry.ca_pem().as_bytes()),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let read = read_all(source)
         .await
         .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -186,9 +196,14 @@ async fn public_registry_uncompressed_layer_streams_the_disk() {
         &[("etc/motd", &other), ("./disk/dotted.qcow2", &qcow2)],
         false,
     );
-    let source = ContainerDisk::open(&image, Some(registry.ca_pem().as_bytes()), None)
-        .await
-        .unwrap();
+    let source = ContainerDisk::open(
+        &image,
+        Some(registry.ca_pem().as_bytes()),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let read = read_all(source)
         .await
         .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -212,6 +227,7 @@ async fn private_registry_gzip_layer_with_credentials() {
         &image,
         Some(registry.ca_pem().as_bytes()),
         credentials_of(&registry),
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -233,6 +249,7 @@ async fn private_registry_gzip_layer_with_credentials() {
             &image,
             Some(registry.ca_pem().as_bytes()),
             credentials_of(&registry),
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -357,9 +374,14 @@ async fn image_with_two_files_under_disk_fails_at_the_end_of_the_stream() {
             &[("disk/first.qcow2", &first), ("disk/second.qcow2", &second)],
             gzip,
         );
-        let source = ContainerDisk::open(&image, Some(registry.ca_pem().as_bytes()), None)
-            .await
-            .unwrap();
+        let source = ContainerDisk::open(
+            &image,
+            Some(registry.ca_pem().as_bytes()),
+            None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(source.file_name(), "first.qcow2");
         let Err((error, delivered, sha)) = read_all(source).await else {
             panic!("two disks must fail");
@@ -449,6 +471,7 @@ async fn pipeline_stores_the_disk_of_a_container_image_in_dvcr() {
             &image,
             Some(registry.ca_pem().as_bytes()),
             credentials_of(&registry),
+            &Default::default(),
         )
         .await
         .unwrap();

@@ -599,6 +599,33 @@ fn a_source_the_egress_policy_refuses_fails_with_the_reason_and_the_flag_that_op
         "no query string in the status"
     );
     assert_eq!(server.connections(), 0, "refused before connecting");
+
+    // A registry is checked the same way, on every connection its client opens (the
+    // registry's, and any blob storage it redirects to).
+    use common::source_registry::SourceRegistry;
+    let registry = SourceRegistry::start_public_on("127.0.0.2");
+    let image = registry.push_container_disk(
+        "fenced/disk:1",
+        &[("disk/disk.qcow2", &world.images.join("disk.qcow2"))],
+        false,
+    );
+    let name = "egress-refused-registry";
+    cvi::recreate(
+        world.env,
+        &cvi::manifest(
+            FENCED,
+            name,
+            container_image_source(&image, &registry.ca_bundle_base64(), None),
+        ),
+    );
+    let cvi = settled(world.env, name);
+    assert_eq!(phase(&cvi), "Failed");
+    let (reason, message) = ready_condition(&cvi);
+    assert_eq!(reason, "SourceRefusedByPolicy", "{message}");
+    assert!(
+        message.contains("127.0.0.2") && message.contains("--source-allow 127.0.0.2/32"),
+        "{message}"
+    );
 }
 
 #[test]

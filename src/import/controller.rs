@@ -484,6 +484,7 @@ async fn run_import(
                                 &image.image,
                                 ca_bundle.as_deref(),
                                 credentials.clone(),
+                                &ctx.settings.http.egress,
                             )
                         },
                     )

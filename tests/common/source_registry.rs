@@ -26,6 +26,7 @@ const USERNAME: &str = "source-user";
 
 pub struct SourceRegistry {
     child: Child,
+    ip: &'static str,
     port: u16,
     ca_pem: String,
     credentials: Option<(String, String)>,
@@ -36,19 +37,25 @@ impl SourceRegistry {
     /// A registry that requires basic auth; see [`credentials`](Self::credentials).
     pub fn start_private() -> Self {
         let password = format!("pw-{:016x}", rand_u64());
-        Self::start(Some((USERNAME.to_string(), password)))
+        Self::start(Some((USERNAME.to_string(), password)), "127.0.0.1")
     }
 
     /// A registry anyone may pull from and push to.
     pub fn start_public() -> Self {
-        Self::start(None)
+        Self::start(None, "127.0.0.1")
     }
 
-    fn start(credentials: Option<(String, String)>) -> Self {
+    /// A public registry on another loopback address (127.0.0.2, say).
+    #[allow(dead_code)]
+    pub fn start_public_on(ip: &'static str) -> Self {
+        Self::start(None, ip)
+    }
+
+    fn start(credentials: Option<(String, String)>, ip: &'static str) -> Self {
         ensure_tools();
         let dir = tempfile::tempdir().expect("registry temp dir");
         let ca = TestCa::generate();
-        let (cert_der, key_der) = ca.issue_server_cert(&["127.0.0.1", "localhost"]);
+        let (cert_der, key_der) = ca.issue_server_cert(&[ip, "localhost"]);
         std::fs::write(dir.path().join("server.crt"), pem("CERTIFICATE", &cert_der)).unwrap();
         std::fs::write(dir.path().join("server.key"), pem("PRIVATE KEY", &key_der)).unwrap();
         // skopeo's --dest-cert-dir reads every *.crt in the directory as a CA.
@@ -80,7 +87,7 @@ impl SourceRegistry {
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: {secret:016x}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
+             http:\n  addr: {ip}:{port}\n  secret: {secret:016x}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
              {auth}",
             storage = storage.display(),
             secret = rand_u64(),
@@ -100,6 +107,7 @@ impl SourceRegistry {
             .expect("docker-registry starts");
         let mut registry = Self {
             child,
+            ip,
             port,
             ca_pem: ca.cert_pem,
             credentials,
@@ -119,7 +127,7 @@ impl SourceRegistry {
                         .unwrap_or_default()
                 );
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() {
                 return;
             }
             assert!(
@@ -131,9 +139,9 @@ impl SourceRegistry {
         }
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<ip>:<port>`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The PEM of the CA that signed the registry certificate.

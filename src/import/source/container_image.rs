@@ -15,6 +15,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -26,6 +27,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::{SourceError, find_tls_error, reason};
+use crate::egress::EgressPolicy;
+use crate::egress::connect_proxy::ConnectProxy;
 
 /// Credentials for the registry of the image, from the imagePullSecret.
 pub use crate::k8s::secrets::RegistryCredentials;
@@ -74,6 +77,9 @@ pub struct ContainerDisk {
     finished: bool,
     /// Once failed, the stream fails the same way forever.
     failed: Option<SourceError>,
+    /// Every connection of `client` goes through it (the egress policy); None when the
+    /// environment names a proxy of its own.
+    proxy: Option<ConnectProxy>,
 }
 
 impl fmt::Debug for ContainerDisk {
@@ -96,6 +102,7 @@ impl ContainerDisk {
         image: &str,
         ca_bundle_pem: Option<&[u8]>,
         credentials: Option<RegistryCredentials>,
+        egress: &Arc<EgressPolicy>,
     ) -> Result<Self, SourceError> {
         let shown_raw = redact_reference(image);
         let reference: Reference = image.trim().parse().map_err(|e| {
@@ -109,7 +116,18 @@ impl ContainerDisk {
         })?;
         let shown = reference.whole();
         let scrub = Scrubber::new(credentials.as_ref());
-        let client = build_client(ca_bundle_pem, &shown)?;
+        let proxy = if environment_proxy() {
+            // That proxy resolves and connects; the policy cannot see its connections.
+            None
+        } else {
+            Some(ConnectProxy::start(egress.clone()).await.map_err(|error| {
+                SourceError::transient(
+                    reason::SOURCE_UNAVAILABLE,
+                    format!("cannot start the egress check for {shown} ({error}); the import will be retried later"),
+                )
+            })?)
+        };
+        let client = build_client(ca_bundle_pem, &shown, proxy.as_ref().map(ConnectProxy::url))?;
         let auth = match &credentials {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
@@ -127,6 +145,7 @@ impl ContainerDisk {
             size: 0,
             finished: false,
             failed: None,
+            proxy,
         };
         disk.layers = disk.resolve_layers(&auth).await?;
         disk.find_disk().await?;
@@ -381,6 +400,9 @@ impl ContainerDisk {
 
     /// Classifies a failure of a stream read (network, TLS, digest check).
     fn io_error(&self, error: &std::io::Error, what: &str) -> SourceError {
+        if let Some(refused) = self.refused() {
+            return refused;
+        }
         if let Some(tls) = find_tls_error(error) {
             return self.tls_error(tls);
         }
@@ -429,8 +451,20 @@ impl ContainerDisk {
         )
     }
 
+    /// The policy's refusal behind a failed request: the client saw only the proxy's 403.
+    fn refused(&self) -> Option<SourceError> {
+        let refusal = self.proxy.as_ref()?.refusal()?;
+        Some(SourceError::permanent(
+            reason::SOURCE_REFUSED_BY_POLICY,
+            format!("{} is not pulled: {refusal}", self.shown),
+        ))
+    }
+
     /// Classifies an error of oci-client; `what` is the object requested.
     fn oci_error(&self, error: OciDistributionError, what: &str) -> SourceError {
+        if let Some(refused) = self.refused() {
+            return refused;
+        }
         let registry = self.reference.registry();
         let denied = || {
             let hint = if self.scrub.has_credentials {
@@ -639,7 +673,18 @@ fn describe_platforms(manifests: &[ImageIndexEntry]) -> String {
         .join(", ")
 }
 
-fn build_client(ca_bundle_pem: Option<&[u8]>, shown: &str) -> Result<Client, SourceError> {
+/// Whether the environment sends HTTPS through a proxy of its own (reqwest honours it).
+fn environment_proxy() -> bool {
+    ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+}
+
+fn build_client(
+    ca_bundle_pem: Option<&[u8]>,
+    shown: &str,
+    proxy: Option<&str>,
+) -> Result<Client, SourceError> {
     crate::tls::install_crypto_provider();
     let invalid = |detail: String| {
         SourceError::permanent(
@@ -671,6 +716,7 @@ fn build_client(ca_bundle_pem: Option<&[u8]>, shown: &str) -> Result<Client, Sou
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
         user_agent: concat!("image-catalog/", env!("CARGO_PKG_VERSION")),
+        https_proxy: proxy.map(str::to_string),
         ..ClientConfig::default()
     };
     // `Client::new` would silently fall back to a default client on a bad certificate.
@@ -1355,7 +1401,8 @@ mod tests {
     #[test]
     fn the_source_and_its_opening_are_send() {
         fn assert_send<T: Send>(_: &T) {}
-        let open = ContainerDisk::open("example.com/a:b", None, None);
+        let egress = Arc::default();
+        let open = ContainerDisk::open("example.com/a:b", None, None, &egress);
         assert_send(&open);
     }
 

@@ -13,6 +13,8 @@
 //! [`redirect_policy`] on every redirect hop (literal IPs never reach a resolver), and
 //! [`check_resolved_blocking`] before libgit2 connects.
 
+pub mod connect_proxy;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
