@@ -414,6 +414,14 @@ async fn cut_connections_are_resumed_seamlessly() {
 async fn cut_connections_resume_with_last_modified_when_there_is_no_etag() {
     let size = 2 * MIB;
     let (dir, sha) = dir_with_file("lm.img", size);
+    // A Last-Modified is a strong validator only a minute or more before the Date.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("lm.img"))
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
     let server = FileServer::start(dir.path());
     server.set_behavior("/lm.img", Behavior::default().no_etag().cut_after(MIB, 1));
     let got = download(&server.url("/lm.img"), None, fast_options())
@@ -427,6 +435,42 @@ async fn cut_connections_resume_with_last_modified_when_there_is_no_etag() {
             .as_deref()
             .unwrap()
             .ends_with("GMT")
+    );
+
+    // Modified just now (a file being rewritten?) and no ETag: no safe resume, start over.
+    let (fresh, _) = dir_with_file("fresh.img", size);
+    let server = FileServer::start(fresh.path());
+    server.set_behavior(
+        "/fresh.img",
+        Behavior::default().no_etag().cut_after(MIB, 1),
+    );
+    let error = download(&server.url("/fresh.img"), None, fast_options())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind, SourceErrorKind::Restart);
+    assert_eq!(error.reason, "SourceNotResumable");
+    assert_eq!(server.requests("/fresh.img"), 1, "no range request at all");
+}
+
+#[tokio::test]
+async fn a_resumed_part_that_does_not_repeat_the_etag_asks_for_a_restart() {
+    let size = 2 * MIB;
+    let (dir, _) = dir_with_file("echo.img", size);
+    let server = FileServer::start(dir.path());
+    server.set_behavior(
+        "/echo.img",
+        Behavior::default().etag_on_first_only().cut_after(MIB, 1),
+    );
+    let error = download(&server.url("/echo.img"), None, fast_options())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind, SourceErrorKind::Restart, "{}", error.message);
+    assert!(
+        error.message.contains("did not repeat the ETag"),
+        "{}",
+        error.message
     );
 }
 

@@ -49,6 +49,8 @@ pub struct Behavior {
     pub ranges: bool,
     /// Send a strong `ETag` (default true).
     pub etag: bool,
+    /// Leave the `ETag` out of 206 parts (a broken cache in front of the server).
+    pub etag_only_on_full: bool,
     /// Send `Last-Modified` (default true).
     pub last_modified: bool,
     /// Chunked transfer coding, no `Content-Length` (default false).
@@ -86,6 +88,7 @@ impl Default for Behavior {
         Self {
             ranges: true,
             etag: true,
+            etag_only_on_full: false,
             last_modified: true,
             chunked: false,
             cut_after: None,
@@ -113,6 +116,11 @@ impl Behavior {
         self.last_modified = false;
         self
     }
+    pub fn etag_on_first_only(mut self) -> Self {
+        self.etag_only_on_full = true;
+        self
+    }
+
     pub fn no_etag(mut self) -> Self {
         self.etag = false;
         self
@@ -736,7 +744,7 @@ async fn respond(
     if behavior.ranges {
         response = response.header(header::ACCEPT_RANGES, "bytes");
     }
-    if behavior.etag {
+    if behavior.etag && !(behavior.etag_only_on_full && range.is_some()) {
         response = response.header(header::ETAG, &etag);
     }
     if behavior.last_modified {

@@ -436,9 +436,11 @@ impl HttpDownload {
     /// Whether the first response allows trying a range request.
     fn resumable(&self) -> bool {
         match self.accept_ranges {
-            AcceptRanges::Bytes => true,
             AcceptRanges::None => false,
-            AcceptRanges::Unknown => self.etag.is_some() || self.last_modified.is_some(),
+            // Without a strong validator a resume could splice a changed file: start over.
+            AcceptRanges::Bytes | AcceptRanges::Unknown => {
+                self.etag.is_some() || self.last_modified.is_some()
+            }
         }
     }
 
@@ -505,8 +507,9 @@ impl HttpDownload {
         SourceError::restart(
             reason::SOURCE_NOT_RESUMABLE,
             format!(
-                "the download of {} broke ({interruption}) and the server does not support \
-                 resuming (no Accept-Ranges, ETag or Last-Modified); the import starts over",
+                "the download of {} broke ({interruption}) and the server gives nothing to \
+                 resume against safely (ranges, and a strong ETag or a Last-Modified at least a \
+                 minute before its Date); the import starts over",
                 self.shown
             ),
         )
@@ -557,7 +560,10 @@ impl HttpDownload {
             _ => AcceptRanges::Unknown,
         };
         self.etag = strong_etag(headers);
-        self.last_modified = header_str(headers, header::LAST_MODIFIED).map(str::to_string);
+        self.last_modified = strong_last_modified(
+            header_str(headers, header::LAST_MODIFIED),
+            header_str(headers, header::DATE),
+        );
         self.file_name = header_str(headers, header::CONTENT_DISPOSITION)
             .and_then(content_disposition_file_name)
             .or_else(|| url_file_name(&self.final_url))
@@ -667,14 +673,26 @@ impl HttpDownload {
     }
 
     /// How the validators of a later response differ from the first one, if they do.
+    /// A resumed part must repeat the validator: one that does not cannot be told from a
+    /// changed file.
     fn validator_change(&self, headers: &HeaderMap) -> Option<String> {
         if let Some(etag) = &self.etag {
-            let now = header_str(headers, header::ETAG)?;
-            return (now != etag).then(|| format!("its ETag changed from {etag} to {now}"));
+            return match header_str(headers, header::ETAG) {
+                None => Some(format!("its resumed part did not repeat the ETag {etag}")),
+                Some(now) => {
+                    (now != etag).then(|| format!("its ETag changed from {etag} to {now}"))
+                }
+            };
         }
         let before = self.last_modified.as_ref()?;
-        let now = header_str(headers, header::LAST_MODIFIED)?;
-        (now != before).then(|| format!("its Last-Modified changed from {before} to {now}"))
+        match header_str(headers, header::LAST_MODIFIED) {
+            None => Some(format!(
+                "its resumed part did not repeat the Last-Modified {before}"
+            )),
+            Some(now) => {
+                (now != before).then(|| format!("its Last-Modified changed from {before} to {now}"))
+            }
+        }
     }
 
     fn restart_changed(&self, change: &str) -> SourceError {
@@ -959,6 +977,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::CONTENT_LENGTH)?.parse().ok()
 }
 
+/// `Last-Modified` as a validator, only when it is strong (RFC 9110 §8.8.2.2): at least 60 s
+/// before the response's `Date`, so a file changed twice within one second cannot keep it.
+fn strong_last_modified(last_modified: Option<&str>, date: Option<&str>) -> Option<String> {
+    let parse = |text: &str| chrono::DateTime::parse_from_rfc2822(text.trim()).ok();
+    let modified = parse(last_modified?)?;
+    let date = parse(date?)?;
+    (date.signed_duration_since(modified) >= chrono::Duration::seconds(60))
+        .then(|| last_modified.map(str::to_string))
+        .flatten()
+}
+
 fn strong_etag(headers: &HeaderMap) -> Option<String> {
     header_str(headers, header::ETAG)
         .filter(|etag| !etag.starts_with("W/") && etag.starts_with('"'))
@@ -1140,6 +1169,25 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_modified_is_a_validator_only_a_minute_before_the_date() {
+        let date = Some("Thu, 03 Dec 2026 13:00:00 GMT");
+        assert_eq!(
+            strong_last_modified(Some("Thu, 03 Dec 2026 12:59:00 GMT"), date).as_deref(),
+            Some("Thu, 03 Dec 2026 12:59:00 GMT")
+        );
+        assert_eq!(
+            strong_last_modified(Some("Thu, 03 Dec 2026 12:59:30 GMT"), date),
+            None,
+            "changed within the last minute: weak"
+        );
+        assert_eq!(
+            strong_last_modified(Some("Thu, 03 Dec 2026 12:00:00 GMT"), None),
+            None
+        );
+        assert_eq!(strong_last_modified(Some("yesterday"), date), None);
+    }
 
     #[test]
     fn redact_url_drops_credentials_and_query() {
