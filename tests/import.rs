@@ -1174,8 +1174,22 @@ fn a_broken_upload_leaves_the_image_waiting_and_nothing_tagged() {
         world.env,
         &format!("{}/cvi/upload-broken:{uid}", world.env.dvcr_registry())
     ));
-    // The same URL takes the next attempt.
-    let (code, body) = curl_upload(&external, &world.images.join("disk.vdi"), &[]);
+    // The next attempt goes to a new URL: whoever saw the used one cannot send it. The wait
+    // keeps its deadline.
+    let rotated = waiting["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(rotated, external, "a new URL after a failed upload");
+    assert!(waiting["metadata"]["annotations"]["imagecatalog.dev/upload-deadline"].is_string());
+    assert_eq!(
+        waiting["metadata"]["annotations"]["imagecatalog.dev/upload-deadline"],
+        cvi["metadata"]["annotations"]["imagecatalog.dev/upload-deadline"],
+        "the deadline of the first URL holds"
+    );
+    let (code, _) = curl_upload(&external, &world.images.join("disk.vdi"), &[]);
+    assert_eq!(code, 404, "the used URL is gone");
+    let (code, body) = curl_upload(&rotated, &world.images.join("disk.vdi"), &[]);
     assert_eq!(code, 201, "{body}");
     assert_eq!(phase(&settled(world.env, "upload-broken")), "Ready");
 }

@@ -30,6 +30,9 @@ pub mod keys {
     /// the token in an Upload image's URLs, so the URLs keep working after a restart or a
     /// takeover. Never the token itself.
     pub const UPLOAD_TOKEN_SHA256: &str = "imagecatalog.dev/upload-token-sha256";
+    /// Annotation, written with the token's hash: when the wait for an upload of this spec
+    /// ends (RFC 3339), whatever restarts, takeovers or failed uploads happen in between.
+    pub const UPLOAD_DEADLINE: &str = "imagecatalog.dev/upload-deadline";
     /// Annotation on an ImageCatalog, set by a person: the commit (full id) whose hold they
     /// confirm — a force-push, or a prune of more than `maxPrunePercent` of the images.
     pub const CONFIRM_COMMIT: &str = "imagecatalog.dev/confirm-commit";

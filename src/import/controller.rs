@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::catalog::keys::UPLOAD_TOKEN_SHA256;
+use crate::api::catalog::keys::{UPLOAD_DEADLINE, UPLOAD_TOKEN_SHA256};
 use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus, ImageUploadUrls};
 use crate::dvcr::Dvcr;
 use crate::import::decide::{Decision, KnownImport, decide};
@@ -559,16 +559,9 @@ async fn receive_upload(
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
 ) -> Result<StoredImage, ImportError> {
-    let (token, ticket) = open_upload(ctx, cvi, cancel).await?;
+    let (token, ticket, deadline) = open_upload(ctx, cvi, cancel).await?;
     let mut ticket = OpenUpload::new(ticket, &ctx.metrics);
-    let urls = ImageUploadUrls {
-        external: ctx
-            .settings
-            .upload_external_base
-            .as_deref()
-            .map(|base| upload_url(base, &token)),
-        in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, &token)),
-    };
+    let mut urls = upload_urls(ctx, &token);
     drop(token);
     let mut message = if writer.take_restart() {
         tracing::info!(image = %cvi.name_any(), "the last upload was cut by the daemon's restart; waiting for it again");
@@ -583,9 +576,10 @@ async fn receive_upload(
                 message: message.clone(),
             })
             .await;
+        let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
         let mut upload = tokio::select! {
             upload = ticket.next() => upload.ok_or(ImportError::Cancelled)?,
-            _ = tokio::time::sleep(ctx.settings.upload_timeout) => {
+            _ = tokio::time::sleep(left) => {
                 return Err(ImportError::UploadTimedOut(ctx.settings.upload_timeout))
             }
             _ = cancel.cancelled() => return Err(ImportError::Cancelled),
@@ -627,10 +621,20 @@ async fn receive_upload(
                 tracing::info!(image = %cvi.name_any(), reason = error.reason(), "an upload failed; waiting for another");
                 upload.respond(UploadOutcome::Refused {
                     reason: error.reason().to_string(),
-                    message: error.to_string(),
+                    message: format!(
+                        "{error}; the next upload goes to a new URL: see the image's status.imageUploadURLs"
+                    ),
                 });
+                // A URL that was used once is not used again: whoever saw it (a log, a
+                // proxy, a shell history) cannot send the next attempt.
+                let token = UploadToken::generate().map_err(ImportError::UploadTokenUnavailable)?;
+                save_token_digest(ctx, &cvi.name_any(), &token.digest(), deadline, cancel).await?;
+                ticket.ticket = ctx.uploads.register(token.digest()).map_err(|error| {
+                    ImportError::Stage(format!("registering a new upload token: {error}"))
+                })?;
+                urls = upload_urls(ctx, &token);
                 message = format!(
-                    "The last upload failed ({}: {error}); upload the image again.",
+                    "The last upload failed ({}: {error}); upload the image again, to the new URL in status.imageUploadURLs (the old one no longer works).",
                     error.reason()
                 );
             }
@@ -638,15 +642,32 @@ async fn receive_upload(
     }
 }
 
-/// The token of an Upload image, registered with the gate: the one its URLs already carry
-/// when a previous daemon published them for this spec (a restart or takeover keeps the URLs
-/// the user was told), otherwise a new one whose sha256 is stored on the image before any URL
-/// with it is published.
+fn upload_urls(ctx: &Context, token: &UploadToken) -> ImageUploadUrls {
+    ImageUploadUrls {
+        external: ctx
+            .settings
+            .upload_external_base
+            .as_deref()
+            .map(|base| upload_url(base, token)),
+        in_cluster: Some(upload_url(&ctx.settings.upload_in_cluster_base, token)),
+    }
+}
+
+type Deadline = chrono::DateTime<chrono::Utc>;
+
+/// The token of an Upload image, registered with the gate, and when the wait ends: the
+/// token its URLs already carry when a previous daemon published them for this spec (a
+/// restart or takeover keeps the URLs the user was told, and the deadline), otherwise a new
+/// one whose sha256 is stored on the image before any URL with it is published.
 async fn open_upload(
     ctx: &Context,
     cvi: &ClusterVirtualImage,
     cancel: &CancellationToken,
-) -> Result<(UploadToken, UploadTicket), ImportError> {
+) -> Result<(UploadToken, UploadTicket, Deadline), ImportError> {
+    let fresh_deadline = || {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(ctx.settings.upload_timeout).unwrap_or_default()
+    };
     let name = cvi.name_any();
     let generation = cvi.metadata.generation.unwrap_or_default();
     let status = cvi.status.clone().unwrap_or_default();
@@ -658,7 +679,13 @@ async fn open_upload(
         match ctx.uploads.register(token.digest()) {
             Ok(ticket) => {
                 tracing::info!(image = %name, "kept the upload URLs published before the restart");
-                return Ok((token, ticket));
+                // A daemon from before deadlines were kept starts the wait again.
+                let deadline = cvi
+                    .annotations()
+                    .get(UPLOAD_DEADLINE)
+                    .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+                    .map_or_else(fresh_deadline, |at| at.with_timezone(&chrono::Utc));
+                return Ok((token, ticket, deadline));
             }
             Err(error) => {
                 tracing::warn!(image = %name, %error, "the published upload URLs cannot be kept; making new ones")
@@ -666,20 +693,23 @@ async fn open_upload(
         }
     }
     let token = UploadToken::generate().map_err(ImportError::UploadTokenUnavailable)?;
-    save_token_digest(ctx, &name, &token.digest(), cancel).await?;
+    let deadline = fresh_deadline();
+    save_token_digest(ctx, &name, &token.digest(), deadline, cancel).await?;
     let ticket = ctx
         .uploads
         .register(token.digest())
         .map_err(|error| ImportError::Stage(format!("registering a new upload token: {error}")))?;
-    Ok((token, ticket))
+    Ok((token, ticket, deadline))
 }
 
-/// Stores the token's sha256 in the image's annotation (server-side apply, under the
-/// controller's own field manager), retried with back-off while the API server fails.
+/// Stores the token's sha256 and the deadline in the image's annotations (server-side apply,
+/// under the controller's own field manager), retried with back-off while the API server
+/// fails.
 async fn save_token_digest(
     ctx: &Context,
     name: &str,
     digest: &TokenDigest,
+    deadline: Deadline,
     cancel: &CancellationToken,
 ) -> Result<(), ImportError> {
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
@@ -688,7 +718,10 @@ async fn save_token_digest(
         "kind": ClusterVirtualImage::kind(&()),
         "metadata": {
             "name": name,
-            "annotations": { UPLOAD_TOKEN_SHA256: digest.to_hex() },
+            "annotations": {
+                UPLOAD_TOKEN_SHA256: digest.to_hex(),
+                UPLOAD_DEADLINE: deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
         },
     });
     let params = PatchParams::apply(UPLOAD_TOKEN_MANAGER).force();
