@@ -13,6 +13,7 @@ pub mod git;
 pub mod import;
 pub mod k8s;
 pub mod metrics;
+pub mod net;
 pub mod panics;
 pub mod plan_cli;
 pub mod report;

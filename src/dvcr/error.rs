@@ -3,8 +3,6 @@
 //! No variant carries credentials: messages come from URLs without userinfo, HTTP statuses and
 //! registry error bodies, never from request headers.
 
-use std::error::Error as _;
-
 /// What went wrong talking to DVCR.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DvcrError {
@@ -106,7 +104,7 @@ impl DvcrError {
         DvcrError::Unavailable {
             operation,
             status: None,
-            message: error_chain(error),
+            message: crate::net::error_chain(error),
         }
     }
 
@@ -252,22 +250,6 @@ fn oci_error(body: &[u8]) -> (String, String) {
         end -= 1;
     }
     (String::new(), text[..end].to_string())
-}
-
-/// An error with its causes, `a: b: c`: reqwest's own Display hides the interesting part
-/// (connection refused, unknown certificate issuer...).
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

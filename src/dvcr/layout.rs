@@ -62,7 +62,7 @@ pub fn disk_file_name(url_path_or_name: &str) -> String {
         .next()
         .unwrap_or_default();
     let segment = path.rsplit(['/', '\\']).next().unwrap_or_default();
-    let decoded = percent_decode(segment);
+    let decoded = crate::net::percent_decode(segment);
     let cleaned: String = decoded
         .chars()
         // A decoded `%2F` must not reintroduce a path separator.
@@ -84,35 +84,6 @@ pub fn disk_file_name(url_path_or_name: &str) -> String {
         FALLBACK_FILE_NAME.to_string()
     } else {
         name.to_string()
-    }
-}
-
-/// Lossy percent-decoding of one URL path segment; invalid escapes are kept as they are.
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -649,7 +649,7 @@ impl Dvcr {
         auth: Option<&HeaderValue>,
     ) -> reqwest::RequestBuilder {
         match auth {
-            Some(auth) if same_origin(url, &self.inner.base) => {
+            Some(auth) if crate::net::same_origin(url, &self.inner.base) => {
                 request.header(AUTHORIZATION, auth.clone())
             }
             _ => request,
@@ -728,12 +728,6 @@ fn basic_auth_header(username: &str, password: &str) -> Result<HeaderValue, Dvcr
         .map_err(|_| DvcrError::Config("credentials are not valid in a header".to_string()))?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// The Location of `response` as an absolute URL: registries send relative or absolute ones;
@@ -907,16 +901,5 @@ mod tests {
         let blocks = crate::tls::split_pem_certificates(bundle.as_bytes());
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[0], format!("{one}\n").into_bytes());
-    }
-
-    #[test]
-    fn origins_are_compared_with_default_ports() {
-        let a = Url::parse("https://dvcr:443/v2/").unwrap();
-        let b = Url::parse("https://dvcr/v2/x?y").unwrap();
-        let c = Url::parse("https://storage:443/v2/").unwrap();
-        let d = Url::parse("http://dvcr:443/v2/").unwrap();
-        assert!(same_origin(&a, &b));
-        assert!(!same_origin(&a, &c));
-        assert!(!same_origin(&a, &d));
     }
 }

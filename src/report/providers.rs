@@ -361,7 +361,7 @@ impl Forge {
         tracing::warn!(
             provider = provider_name(self.kind), repository = %self.repository,
             commit = short(&check.commit), context = %check.context,
-            "{what} failed: {}; retrying with backoff", error_chain(error)
+            "{what} failed: {}; retrying with backoff", crate::net::error_chain(error)
         );
         Delivery::Transient
     }
@@ -372,19 +372,6 @@ pub fn sensitive(value: &str) -> Result<HeaderValue, reqwest::header::InvalidHea
     let mut value = HeaderValue::from_str(value)?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-/// An error with its causes ("error sending request: connection refused"); URLs carry no
-/// credentials here, tokens travel in headers only.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The forge's own error text: JSON `message` (GitHub, Gitea, GitLab; GitLab's may be an

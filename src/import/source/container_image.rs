@@ -12,7 +12,6 @@
 //! Registry credentials go only into oci-client's Basic auth; messages show the image
 //! reference (which carries no credentials) and are scrubbed of the password regardless.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
@@ -423,7 +422,7 @@ impl ContainerDisk {
             format!(
                 "reading {what} failed: {}; the registry may be down or unreachable, the import \
                  will be retried later",
-                self.scrub.apply(&describe_error(error))
+                self.scrub.apply(&crate::net::error_chain(error))
             ),
         )
     }
@@ -573,7 +572,7 @@ impl ContainerDisk {
                 if let Some(tls) = find_tls_error(&error) {
                     return self.tls_error(tls);
                 }
-                unavailable(describe_error(&error.without_url()))
+                unavailable(crate::net::error_chain(&error.without_url()))
             }
             OciDistributionError::IoError(error) => self.io_error(&error, what),
             OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
@@ -760,20 +759,6 @@ fn truncate(text: &str, max: usize) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_string(),
     }
-}
-
-/// The error and its sources in one line.
-fn describe_error(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = current {
-        let text = err.to_string();
-        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        current = err.source();
-    }
-    parts.join(": ")
 }
 
 // ---------------------------------------------------------------------------------------

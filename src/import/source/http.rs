@@ -13,7 +13,6 @@
 //! error message goes through [`redact_url`], and error texts of the HTTP stack are scrubbed
 //! of the secrets as well.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -161,10 +160,10 @@ impl Target {
         let raw_password = url.password().map(str::to_string);
         if let Some(query) = url.query() {
             secrets.push(query.to_string());
-            secrets.push(percent_decode(query));
+            secrets.push(crate::net::percent_decode(query));
         }
-        let username = percent_decode(&raw_username);
-        let password = raw_password.as_deref().map(percent_decode);
+        let username = crate::net::percent_decode(&raw_username);
+        let password = raw_password.as_deref().map(crate::net::percent_decode);
         secrets.extend([raw_username, username.clone()]);
         secrets.extend(raw_password);
         secrets.extend(password.clone());
@@ -189,9 +188,7 @@ impl Target {
 
     /// Whether `url` is on the origin the credentials were given for.
     fn same_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.url.scheme()
-            && url.host_str() == self.url.host_str()
-            && url.port_or_known_default() == self.url.port_or_known_default()
+        crate::net::same_origin(&self.url, url)
     }
 
     /// Removes any secret from a text taken from the HTTP stack.
@@ -857,17 +854,8 @@ impl HttpDownload {
 
     /// The error and its sources, without URLs and scrubbed of secrets.
     fn describe(&self, error: reqwest::Error) -> String {
-        let error = error.without_url();
-        let mut parts: Vec<String> = Vec::new();
-        let mut current: Option<&(dyn StdError + 'static)> = Some(&error);
-        while let Some(err) = current {
-            let text = err.to_string();
-            if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
-                parts.push(text);
-            }
-            current = err.source();
-        }
-        self.target.scrub(&parts.join(": "))
+        self.target
+            .scrub(&crate::net::error_chain(&error.without_url()))
     }
 }
 
@@ -1082,7 +1070,7 @@ fn content_disposition_file_name(value: &str) -> Option<String> {
             // charset'language'percent-encoded
             let mut parts = raw.splitn(3, '\'');
             let (_charset, _language, encoded) = (parts.next(), parts.next(), parts.next());
-            extended = encoded.map(percent_decode);
+            extended = encoded.map(crate::net::percent_decode);
         } else if name.eq_ignore_ascii_case("filename") {
             plain = Some(unquote(raw));
         }
@@ -1134,7 +1122,7 @@ fn unquote(value: &str) -> String {
 /// Last non-empty path segment of the URL, percent-decoded.
 fn url_file_name(url: &Url) -> Option<String> {
     let segment = url.path_segments()?.rev().find(|s| !s.is_empty())?;
-    sanitize_file_name(&percent_decode(segment))
+    sanitize_file_name(&crate::net::percent_decode(segment))
 }
 
 /// A plain file name: the last path component, without control characters; not `.` or `..`.
@@ -1143,27 +1131,6 @@ fn sanitize_file_name(name: &str) -> Option<String> {
     let name: String = name.chars().filter(|c| !c.is_control()).collect();
     let name = name.trim();
     (!name.is_empty() && name != "." && name != "..").then(|| name.to_string())
-}
-
-/// `%XX` decoding; invalid sequences stay as they are, invalid UTF-8 becomes U+FFFD.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%'
-            && let Some(hex) = bytes.get(at + 1..at + 3)
-            && let Ok(hex) = std::str::from_utf8(hex)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            decoded.push(byte);
-            at += 3;
-        } else {
-            decoded.push(bytes[at]);
-            at += 1;
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]
