@@ -2,6 +2,7 @@
 //! source, DVCR, the forges): error chains as one line, origins, percent-decoding.
 
 use std::error::Error;
+use std::time::Duration;
 
 use url::Url;
 
@@ -56,6 +57,43 @@ fn hex_value(byte: u8) -> Option<u8> {
         b'a'..=b'f' => Some(byte - b'a' + 10),
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
+    }
+}
+
+/// The longest backoff after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: i64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(Duration::from_secs((date.timestamp() - now).max(0) as u64))
+}
+
+/// Exponential backoff after `failures` consecutive failures (0 for the first): 1 s, 2 s,
+/// 4 s... up to 5 min, with "equal jitter" (half fixed, half random by `jitter` in [0, 1])
+/// so that many daemons do not retry in lockstep.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    backoff_from(Duration::from_secs(1), failures, jitter, MAX_BACKOFF)
+}
+
+/// [`backoff`] starting at `initial` and capped at `max`.
+pub fn backoff_from(initial: Duration, failures: u32, jitter: f64, max: Duration) -> Duration {
+    let base = initial.saturating_mul(1u32 << failures.min(16)).min(max);
+    let jitter = jitter.clamp(0.0, 1.0);
+    base / 2 + base.mul_f64(jitter / 2.0)
+}
+
+/// A random number in [0, 1] for jitter; 0.5 if the system RNG fails (it does not).
+pub fn random_jitter() -> f64 {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut bytes = [0u8; 2];
+    match aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX),
+        Err(_) => 0.5,
     }
 }
 
@@ -127,5 +165,31 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%+1"), "%+1", "a sign is not a hex digit");
         assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7", 0), Some(Duration::from_secs(7)));
+        // Sun, 06 Nov 1994 08:49:37 GMT is 784111777.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_800),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_jitter() {
+        assert_eq!(backoff(0, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(20, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX, 0.0), MAX_BACKOFF / 2);
+        let jitter = random_jitter();
+        assert!((0.0..=1.0).contains(&jitter));
     }
 }

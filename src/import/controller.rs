@@ -898,10 +898,12 @@ where
                 let problem = problem(&error);
                 tracing::info!(image = %cvi.name_any(), tries, reason = %problem.reason, "transient failure; retrying");
                 writer.write_transfer(&progress, Some(problem)).await;
-                let backoff = ctx
-                    .settings
-                    .retry_backoff
-                    .saturating_mul(1 << (tries - 1).min(6));
+                let backoff = crate::net::backoff_from(
+                    ctx.settings.retry_backoff,
+                    tries - 1,
+                    crate::net::random_jitter(),
+                    ctx.settings.retry_backoff.saturating_mul(64),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = cancel.cancelled() => return Err(ImportError::Cancelled),

@@ -929,24 +929,12 @@ fn status_text(status: StatusCode) -> String {
 /// Exponential back-off for the `attempt`-th failure in a row (1-based), capped, with the
 /// upper half jittered.
 fn backoff_delay(options: &HttpSourceOptions, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(32);
-    let base = options
-        .initial_backoff
-        .saturating_mul(1u32 << exponent.min(31))
-        .min(options.max_backoff);
-    let half = base / 2;
-    half + half.mul_f64(jitter())
-}
-
-/// A number in [0, 1), different on every call.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    hasher.write_u128(now.as_nanos());
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+    crate::net::backoff_from(
+        options.initial_backoff,
+        attempt.saturating_sub(1),
+        crate::net::random_jitter(),
+        options.max_backoff,
+    )
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -1017,42 +1005,10 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
 
 /// `Retry-After`: delta-seconds or an IMF-fixdate.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(seconds) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = parse_imf_fixdate(value)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// Parses `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
-    let mut fields = value.split_whitespace().skip(1);
-    let day: u64 = fields.next()?.parse().ok()?;
-    let month = fields.next()?;
-    let year: i64 = fields.next()?.parse().ok()?;
-    let time = fields.next()?;
-    if fields.next()? != "GMT" {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let mut hms = time.split(':').map(|part| part.parse::<u64>().ok());
-    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = u64::try_from(days).ok()? * 86_400 + hour * 3600 + minute * 60 + second;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    crate::net::parse_retry_after(value, now)
 }
 
 /// The file name of a `Content-Disposition` header: `filename*` (RFC 8187) first, then
@@ -1224,10 +1180,6 @@ mod tests {
     #[test]
     fn retry_after_parses_seconds_and_dates() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
-        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(Duration::ZERO)
