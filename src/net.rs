@@ -22,6 +22,43 @@ pub fn error_chain(error: &(dyn Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Takes secrets out of texts that come from the network stack (errors that quote a URL, a
+/// server's answer) before they reach a message.
+#[derive(Clone, Default)]
+pub struct Scrubber {
+    /// Longest first, so a secret containing another is replaced whole.
+    secrets: Vec<String>,
+}
+
+impl Scrubber {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<String> = secrets
+            .into_iter()
+            // Short strings would garble messages and cannot be told from ordinary words.
+            .filter(|secret| secret.len() >= 3)
+            .collect();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+        Self { secrets }
+    }
+
+    pub fn apply(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scrubber({} secrets)", self.secrets.len())
+    }
+}
+
 /// Same scheme, host and port: where credentials given for `a` may also go.
 pub fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
@@ -135,6 +172,16 @@ mod tests {
             error_chain(&Layer("", Some(Box::new(Layer("eof", None))))),
             "eof"
         );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_longest_first_and_short_ones_are_left() {
+        let scrubber = Scrubber::new(["hunter2".to_string(), "hunter2x".into(), "ab".into()]);
+        assert_eq!(
+            scrubber.apply("hunter2x and hunter2 and ab"),
+            "<redacted> and <redacted> and ab"
+        );
+        assert_eq!(format!("{scrubber:?}"), "Scrubber(2 secrets)");
     }
 
     #[test]

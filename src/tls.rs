@@ -32,9 +32,34 @@ pub fn split_pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     blocks
 }
 
+/// Why a PEM bundle (a caBundle, a `ca.crt`) gives no certificate to trust.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot be read ({0})")]
+    Unreadable(String),
+    #[error("holds no PEM certificate")]
+    Empty,
+}
+
+/// The certificates of a PEM bundle, for reqwest; at least one.
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, PemError> {
+    let certificates = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|error| PemError::Unreadable(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(PemError::Empty);
+    }
+    Ok(certificates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_without_certificates_says_so() {
+        assert_eq!(pem_certificates(b"junk").unwrap_err(), PemError::Empty);
+        assert_eq!(pem_certificates(b"").unwrap_err(), PemError::Empty);
+    }
 
     #[tokio::test]
     async fn kube_and_reqwest_clients_build_in_one_process() {

@@ -157,14 +157,9 @@ impl Dvcr {
             ..ClientConfig::default()
         };
         if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| DvcrError::Config(format!("DVCR CA is not valid PEM: {e}")))?;
+            let certs = crate::tls::pem_certificates(pem)
+                .map_err(|error| DvcrError::Config(format!("the DVCR CA {error}")))?;
             let blocks = crate::tls::split_pem_certificates(pem);
-            if certs.is_empty() || blocks.is_empty() {
-                return Err(DvcrError::Config(
-                    "DVCR CA holds no certificate".to_string(),
-                ));
-            }
             http = http.tls_certs_only(certs);
             oci_config.tls_certs_only = blocks
                 .into_iter()

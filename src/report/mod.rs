@@ -495,11 +495,12 @@ fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ReportError> {
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(pem) = ca_pem.filter(|pem| !pem.iter().all(u8::is_ascii_whitespace)) {
-        let certificates = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ReportError::Ca(format!("not a PEM certificate bundle ({e})")))?;
-        if certificates.is_empty() {
-            return Err(ReportError::Ca("it holds no PEM certificate".into()));
-        }
+        let certificates = crate::tls::pem_certificates(pem).map_err(|error| match error {
+            crate::tls::PemError::Unreadable(detail) => {
+                ReportError::Ca(format!("not a PEM certificate bundle ({detail})"))
+            }
+            crate::tls::PemError::Empty => ReportError::Ca("it holds no PEM certificate".into()),
+        })?;
         // In addition to the system roots: a private CA for a self-hosted forge.
         builder = builder.tls_certs_merge(certificates);
     }

@@ -730,26 +730,20 @@ fn build_client(
 
 /// Removes the registry password from texts of the HTTP stack.
 struct Scrubber {
-    secret: Option<String>,
+    secrets: crate::net::Scrubber,
     has_credentials: bool,
 }
 
 impl Scrubber {
     fn new(credentials: Option<&RegistryCredentials>) -> Self {
         Self {
-            // Short strings would garble messages and cannot be told from ordinary words.
-            secret: credentials
-                .map(|c| c.password.clone())
-                .filter(|p| p.len() >= 3),
+            secrets: crate::net::Scrubber::new(credentials.map(|c| c.password.clone())),
             has_credentials: credentials.is_some(),
         }
     }
 
     fn apply(&self, text: &str) -> String {
-        match &self.secret {
-            Some(secret) if text.contains(secret.as_str()) => text.replace(secret, "<redacted>"),
-            _ => text.to_string(),
-        }
+        self.secrets.apply(text)
     }
 }
 

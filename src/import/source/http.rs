@@ -127,7 +127,7 @@ struct Target {
     password: Option<String>,
     /// Strings that must never reach a message: password, user name, query string, in raw
     /// and percent-decoded forms.
-    secrets: Vec<String>,
+    secrets: crate::net::Scrubber,
 }
 
 impl Target {
@@ -167,10 +167,7 @@ impl Target {
         secrets.extend([raw_username, username.clone()]);
         secrets.extend(raw_password);
         secrets.extend(password.clone());
-        // Short strings would garble messages and cannot be told from ordinary words.
-        secrets.retain(|secret| secret.len() >= 3);
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-        secrets.dedup();
+        let secrets = crate::net::Scrubber::new(secrets);
         let _ = url.set_username("");
         let _ = url.set_password(None);
         url.set_fragment(None);
@@ -193,13 +190,7 @@ impl Target {
 
     /// Removes any secret from a text taken from the HTTP stack.
     fn scrub(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "<redacted>");
-            }
-        }
-        text
+        self.secrets.apply(text)
     }
 }
 
@@ -888,11 +879,8 @@ fn build_client(
                 ),
             )
         };
-        let certificates = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| invalid(format!("cannot be read ({e})")))?;
-        if certificates.is_empty() {
-            return Err(invalid("holds no PEM certificate".to_string()));
-        }
+        let certificates =
+            crate::tls::pem_certificates(pem).map_err(|error| invalid(error.to_string()))?;
         builder = builder.tls_certs_only(certificates);
     }
     builder.build().map_err(|e| {
