@@ -11,73 +11,20 @@ use anyhow::Context as _;
 use kube::{Api, Client};
 
 use crate::api::cvi::ClusterVirtualImage;
-use crate::dvcr::{Dvcr, DvcrConfig};
+use crate::cli_args::{DvcrArgs, EgressArgs, dvcr_config};
+use crate::dvcr::Dvcr;
 use crate::import::controller::{self, ControllerSettings};
 use crate::import::inspect::InspectLimits;
 use crate::import::pipeline::PipelineSettings;
 use crate::import::source::http::HttpSourceOptions;
 use crate::import::source::upload::UploadGate;
 use crate::import::spool::{self, SpoolBudget};
+use crate::k8s::client::kube_client;
+use crate::k8s::events::{EventPublisher, EventType};
 use crate::k8s::leader_pod::{LEADER_LABEL, Marked};
 use crate::k8s::lease::{self, Election, LeaseConfig, Timings};
-use crate::k8s::secrets::{SecretReader, registry_credentials};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
-
-/// How to reach DVCR: shared by the daemon and the commands that read stored images.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DvcrArgs {
-    /// DVCR address, host:port (needed by the import controller).
-    #[arg(long, env = "DVCR_REGISTRY", value_name = "HOST:PORT")]
-    pub dvcr_registry: Option<String>,
-    /// DVCR user name (with --dvcr-password; or use --dvcr-auth-secret).
-    #[arg(long, env = "DVCR_USERNAME")]
-    pub dvcr_username: Option<String>,
-    /// DVCR password. Prefer the environment variable to the flag: flags show in `ps`.
-    #[arg(long, env = "DVCR_PASSWORD", hide_env_values = true)]
-    pub dvcr_password: Option<String>,
-    /// A Secret of type kubernetes.io/dockerconfigjson in --namespace with the DVCR credentials.
-    #[arg(long, env = "DVCR_AUTH_SECRET", value_name = "NAME")]
-    pub dvcr_auth_secret: Option<String>,
-    /// PEM file of the CA that signed DVCR's certificate.
-    #[arg(long, env = "DVCR_CA_FILE", value_name = "FILE")]
-    pub dvcr_ca_file: Option<PathBuf>,
-}
-
-/// Where sources may connect: shared by the daemon and the commands that fetch sources
-/// (`verify --upstream`, `plan`).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct EgressArgs {
-    /// Refuse connections of sources (HTTP images, upstream checks, Git remotes) to this
-    /// CIDR, address or host name (`*.example.com`: every name below example.com); checked
-    /// after DNS on every connection and redirect. Repeatable; the environment variable
-    /// takes a comma-separated list. Link-local (169.254.0.0/16, fe80::/10) is always refused.
-    #[arg(
-        long = "source-deny",
-        env = "SOURCE_DENY",
-        value_name = "CIDR|HOST",
-        value_delimiter = ','
-    )]
-    pub source_deny: Vec<crate::egress::Rule>,
-    /// Open an exception in the --source-deny rules and the link-local default for this
-    /// CIDR, address or host name. An allow rule only opens holes in deny rules. Repeatable.
-    #[arg(
-        long = "source-allow",
-        env = "SOURCE_ALLOW",
-        value_name = "CIDR|HOST",
-        value_delimiter = ','
-    )]
-    pub source_allow: Vec<crate::egress::Rule>,
-}
-
-impl EgressArgs {
-    pub fn policy(&self) -> Arc<crate::egress::EgressPolicy> {
-        Arc::new(crate::egress::EgressPolicy::new(
-            self.source_deny.clone(),
-            self.source_allow.clone(),
-        ))
-    }
-}
 
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
@@ -432,7 +379,6 @@ async fn configure_dvcr(
 /// pod (no POD_NAME) there is only the log.
 async fn announce_on_own_pod(client: &Client, args: &ControllerArgs, reason: &str, note: &str) {
     use kube::Resource as _;
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let Some(pod_name) = args.pod_name.as_deref() else {
         return;
     };
@@ -445,23 +391,15 @@ async fn announce_on_own_pod(client: &Client, args: &ControllerArgs, reason: &st
             return;
         }
     };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "image-catalog".into(),
-            instance: Some(pod_name.to_string()),
-        },
-    );
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Configure".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &pod.object_ref(&())).await {
-        tracing::debug!(%error, "publishing an Event on the daemon's pod failed");
-    }
+    EventPublisher::new(client.clone(), "image-catalog")
+        .publish(
+            &pod.object_ref(&()),
+            EventType::Warning,
+            reason,
+            "Configure",
+            note,
+        )
+        .await;
 }
 
 struct Signals {
@@ -740,60 +678,6 @@ fn git_cache_dir(args: &ControllerArgs) -> PathBuf {
     args.git_cache_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("image-catalog-git"))
-}
-
-pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    crate::tls::install_crypto_provider();
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("finding the Kubernetes configuration")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
-}
-
-pub async fn dvcr_config(
-    args: &DvcrArgs,
-    namespace: &str,
-    client: &Client,
-) -> anyhow::Result<DvcrConfig> {
-    let Some(registry) = args.dvcr_registry.clone() else {
-        anyhow::bail!(
-            "the import controller needs DVCR: set --dvcr-registry (or DVCR_REGISTRY), or switch it off with --import-controller=false"
-        );
-    };
-    let ca_pem = match &args.dvcr_ca_file {
-        Some(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("reading --dvcr-ca-file {}", path.display()))?,
-        ),
-        None => None,
-    };
-    let (username, password) = match &args.dvcr_auth_secret {
-        Some(secret) => {
-            let reader = SecretReader::new(client.clone(), namespace, []);
-            let secret = reader
-                .own_secret(secret)
-                .await
-                .context("reading the DVCR auth Secret")?;
-            let credentials = registry_credentials(&secret, &registry)?;
-            (Some(credentials.username), Some(credentials.password))
-        }
-        None => (args.dvcr_username.clone(), args.dvcr_password.clone()),
-    };
-    Ok(DvcrConfig {
-        registry,
-        username,
-        password,
-        ca_pem,
-    })
 }
 
 #[cfg(test)]

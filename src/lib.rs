@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod cli_args;
 pub mod daemon;
 pub mod dvcr;
 pub mod egress;

@@ -32,12 +32,12 @@ pub struct PlanArgs {
     pub namespace: String,
     /// Where the Git remote may be: give the daemon's flags.
     #[command(flatten)]
-    pub egress: crate::daemon::EgressArgs,
+    pub egress: crate::cli_args::EgressArgs,
 }
 
 /// Prints the plan; returns false when the sync would refuse the commit.
 pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
-    let client = crate::daemon::kube_client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client::kube_client(args.kubeconfig.as_deref()).await?;
     let catalogs: Api<ImageCatalog> = Api::all(client.clone());
     let catalog = catalogs
         .get_opt(&args.catalog)

@@ -34,7 +34,7 @@ pub struct UploadArgs {
 }
 
 pub async fn run(args: UploadArgs) -> anyhow::Result<()> {
-    let client = crate::daemon::kube_client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client::kube_client(args.kubeconfig.as_deref()).await?;
     let api: Api<ClusterVirtualImage> = Api::all(client);
     let timeout = Duration::from_secs(args.timeout_seconds);
     let url = wait_for_url(&api, &args.name, args.in_cluster, timeout).await?;

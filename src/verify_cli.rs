@@ -8,8 +8,9 @@ use kube::Api;
 
 use crate::api::ClusterVirtualImage;
 use crate::api::status::ImagePhase;
-use crate::daemon::{DvcrArgs, dvcr_config, kube_client};
+use crate::cli_args::{DvcrArgs, dvcr_config};
 use crate::dvcr::Dvcr;
+use crate::k8s::client::kube_client;
 use crate::verify;
 
 #[derive(clap::Args, Debug)]
@@ -26,7 +27,7 @@ pub struct VerifyArgs {
     pub dvcr: DvcrArgs,
     /// Where the upstream check may connect: give the daemon's flags.
     #[command(flatten)]
-    pub egress: crate::daemon::EgressArgs,
+    pub egress: crate::cli_args::EgressArgs,
     /// Also fetch the HTTP source again and compare it with what was stored (the default
     /// follows the image's imagecatalog.dev/verify-upstream annotation).
     #[arg(long)]
@@ -65,7 +66,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         if !verdict.is_verified() {
             // Like a scheduled run: every failure is an Event too.
             verify::scheduler::publish(
-                &verify::recorder(&client),
+                &verify::events(&client),
                 &cvi,
                 kube::runtime::events::EventType::Warning,
                 verdict.reason(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use common::file_server::{Behavior, FileServer, write_random_file};
-use image_catalog::daemon::EgressArgs;
+use image_catalog::cli_args::EgressArgs;
 use image_catalog::egress::EgressPolicy;
 use image_catalog::import::source::http::{HttpDownload, HttpSourceOptions};
 use image_catalog::import::source::{SourceError, SourceErrorKind};

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::k8s::events::{EventPublisher, EventType};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -80,7 +80,7 @@ pub struct Context {
     imports: Mutex<HashMap<String, TrackedImport>>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: EventPublisher,
     uploads: Arc<UploadGate>,
     statuses: CviStatusStore,
     secrets: SecretReader,
@@ -128,12 +128,8 @@ impl Context {
         metrics: Arc<Metrics>,
         uploads: Arc<UploadGate>,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "image-catalog".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(client.clone(), "image-catalog"),
             statuses: CviStatusStore::new(client.clone()),
             secrets: SecretReader::new(
                 client.clone(),
@@ -371,16 +367,9 @@ async fn import_task(
 
 impl Context {
     async fn publish(&self, cvi: &ClusterVirtualImage, type_: EventType, reason: &str, note: &str) {
-        let event = Event {
-            type_,
-            reason: reason.chars().take(128).collect(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Import".into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &cvi.object_ref(&())).await {
-            tracing::debug!(%error, "publishing an event failed");
-        }
+        self.events
+            .publish(&cvi.object_ref(&()), type_, reason, "Import", note)
+            .await;
     }
 }
 

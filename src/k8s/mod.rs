@@ -2,7 +2,9 @@
 //! status, the one reader of Secrets, the leader-election Lease and the label that routes leader-only traffic to the
 //! leader's pod.
 
+pub mod client;
 pub mod cvi_status;
+pub mod events;
 pub mod leader_pod;
 pub mod lease;
 pub mod secrets;

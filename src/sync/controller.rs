@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::k8s::events::{Event, EventPublisher, EventType};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -55,7 +55,7 @@ pub struct Context {
     publishers: Publishers,
     secrets: SecretReader,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: EventPublisher,
 }
 
 /// What the controller remembers of a catalog between reconciles, so that a reconcile
@@ -114,13 +114,6 @@ pub struct SyncController {
 /// Builds the controller's shared state.
 pub fn new(client: Client, settings: SyncSettings, metrics: Arc<Metrics>) -> SyncController {
     let (reader, writer) = reflector::store();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "image-catalog-sync".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
     let context = Arc::new(Context {
         publishers: Publishers::new(
             client.clone(),
@@ -137,7 +130,7 @@ pub fn new(client: Client, settings: SyncSettings, metrics: Arc<Metrics>) -> Syn
         images: reader,
         memory: Mutex::new(HashMap::new()),
         metrics,
-        recorder,
+        events: EventPublisher::new(client.clone(), "image-catalog-sync"),
     });
     let (sender, receiver) = mpsc::channel(64);
     let trigger = SyncTrigger {
@@ -837,10 +830,8 @@ async fn announce(
         }
         _ => None,
     };
-    if let Some(event) = event
-        && let Err(error) = ctx.recorder.publish(&event, &catalog.object_ref(&())).await
-    {
-        tracing::debug!(%error, "could not publish an event");
+    if let Some(event) = event {
+        ctx.events.send(&catalog.object_ref(&()), event).await;
     }
 }
 

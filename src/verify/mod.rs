@@ -23,15 +23,9 @@ pub const VERIFIED: &str = "Verified";
 /// What to do about stored bytes that are wrong or gone.
 pub const REIMPORT: &str = "delete the ClusterVirtualImage and create it again to import it anew";
 
-/// The Event reporter of verifications, scheduled or on demand.
-pub fn recorder(client: &kube::Client) -> kube::runtime::events::Recorder {
-    kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "image-catalog-verify".into(),
-            instance: None,
-        },
-    )
+/// The Event publisher of verifications, scheduled or on demand.
+pub fn events(client: &kube::Client) -> crate::k8s::events::EventPublisher {
+    crate::k8s::events::EventPublisher::new(client.clone(), "image-catalog-verify")
 }
 
 /// The outcome of one verification.

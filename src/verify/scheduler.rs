@@ -7,9 +7,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::k8s::events::{EventPublisher, EventType};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -90,7 +90,7 @@ pub async fn run(
     tokio::spawn(watch);
     store.wait_until_ready().await?;
 
-    let recorder = super::recorder(&client);
+    let events = super::events(&client);
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut entries: HashMap<String, Entry> = HashMap::new();
@@ -168,15 +168,15 @@ pub async fn run(
             if now >= entry.presence_next {
                 entry.presence_next = now
                     + chrono::Duration::from_std(settings.presence_interval).unwrap_or_default();
-                let (client, dvcr, recorder, cvi, done) = (
+                let (client, dvcr, events, cvi, done) = (
                     client.clone(),
                     dvcr.clone(),
-                    recorder.clone(),
+                    events.clone(),
                     cvi.clone(),
                     done_tx.clone(),
                 );
                 tokio::spawn(async move {
-                    if check_presence(&client, &dvcr, &recorder, &cvi).await {
+                    if check_presence(&client, &dvcr, &events, &cvi).await {
                         let _ = done.send(Done::Changed {
                             catalog: catalog_of(&cvi),
                         });
@@ -187,10 +187,10 @@ pub async fn run(
             if due && !entry.running && phase == Some(ImagePhase::Ready) {
                 entry.running = true;
                 let egress = settings.egress.clone();
-                let (client, dvcr, recorder, metrics, slots, done) = (
+                let (client, dvcr, events, metrics, slots, done) = (
                     client.clone(),
                     dvcr.clone(),
-                    recorder.clone(),
+                    events.clone(),
                     metrics.clone(),
                     slots.clone(),
                     done_tx.clone(),
@@ -198,7 +198,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
                         metrics.verifications_in_flight.inc();
-                        let run = run_one(&client, &dvcr, &recorder, &metrics, &cvi, &egress);
+                        let run = run_one(&client, &dvcr, &events, &metrics, &cvi, &egress);
                         // A bug in one check must not leave the image marked as running
                         // (never verified again).
                         if let Err(panic) = crate::panics::caught(run).await {
@@ -220,7 +220,7 @@ pub async fn run(
 async fn run_one(
     client: &Client,
     dvcr: &Dvcr,
-    recorder: &Recorder,
+    events: &EventPublisher,
     metrics: &Metrics,
     cvi: &ClusterVirtualImage,
     egress: &Arc<crate::egress::EgressPolicy>,
@@ -244,7 +244,7 @@ async fn run_one(
     } else {
         tracing::warn!(image = %name, reason = verdict.reason(), "{}", verdict.message());
         publish(
-            recorder,
+            events,
             cvi,
             EventType::Warning,
             verdict.reason(),
@@ -262,7 +262,7 @@ async fn run_one(
 async fn check_presence(
     client: &Client,
     dvcr: &Dvcr,
-    recorder: &Recorder,
+    events: &EventPublisher,
     cvi: &ClusterVirtualImage,
 ) -> bool {
     let name = cvi.name_any();
@@ -309,10 +309,10 @@ async fn check_presence(
     let PresenceChange { ready, message, .. } = change;
     if ready {
         tracing::info!(image = %name, "{message}");
-        publish(recorder, cvi, EventType::Normal, "ImageFound", &message).await;
+        publish(events, cvi, EventType::Normal, "ImageFound", &message).await;
     } else {
         tracing::warn!(image = %name, "{message}");
-        publish(recorder, cvi, EventType::Warning, "ImageLost", &message).await;
+        publish(events, cvi, EventType::Warning, "ImageLost", &message).await;
         let verdict = Verdict::ImageLost(message);
         if let Err(error) = record(client, &fresh, &verdict).await {
             tracing::warn!(image = %name, %error, "recording the loss failed");
@@ -322,22 +322,15 @@ async fn check_presence(
 }
 
 pub(crate) async fn publish(
-    recorder: &Recorder,
+    events: &EventPublisher,
     cvi: &ClusterVirtualImage,
     type_: EventType,
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.chars().take(128).collect(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Verify".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &cvi.object_ref(&())).await {
-        tracing::debug!(%error, "publishing an event failed");
-    }
+    events
+        .publish(&cvi.object_ref(&()), type_, reason, "Verify", note)
+        .await;
 }
 
 /// Sends `<prefix>/<catalog>/verify` on the catalog's applied commit, from the Verified
