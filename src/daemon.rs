@@ -635,9 +635,9 @@ fn start_leader_parts(
             // Verification checks go to the catalogs' commits, through their own notes
             // cache: two writers must not share one local repository.
             let publishers = args.catalog_controller.then(|| {
-                crate::sync::publish::Publishers::new(
+                crate::report::publish::Publishers::new(
                     client.clone(),
-                    crate::sync::publish::PublishSettings {
+                    crate::report::publish::PublishSettings {
                         namespace: args.namespace.clone(),
                         cache_dir: git_cache_dir(args).join(".verify"),
                         forge_api_hosts: args.forge_api_hosts.clone(),

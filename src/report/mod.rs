@@ -8,6 +8,7 @@
 
 mod jwt;
 mod providers;
+pub mod publish;
 mod retry;
 mod text;
 

@@ -19,7 +19,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::plan::{self, Change, FIELD_MANAGER, Plan, PlannedImage};
-use super::publish::{PublishSettings, Publishers};
 use super::status::{self, ImageState, Outcome};
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::{ImageCatalog, ImageCatalogStatus, keys};
@@ -27,6 +26,7 @@ use crate::api::status::condition::READY;
 use crate::catalog::{CatalogImage, Problem};
 use crate::k8s::secrets::SecretReader;
 use crate::metrics::{CatalogLabel, Metrics, SyncLabel};
+use crate::report::publish::{PublishSettings, Publishers};
 
 /// Removed once the catalog's images are pruned (with `prune: true`).
 pub const FINALIZER: &str = "imagecatalog.dev/prune-images";
@@ -341,7 +341,16 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
         writes.add(1);
         announce(&ctx, &catalog, &previous, &next, &outcome).await;
     }
-    ctx.publishers.publish(&catalog, &outcome, &images).await;
+    if let Some(settings) = &catalog.spec.commit_status
+        && let Some(check) = status::commit_check(
+            &format!("{}/{name}", settings.context_prefix),
+            &outcome,
+            &images,
+            settings.target_url.clone(),
+        )
+    {
+        ctx.publishers.publish(&catalog, check).await;
+    }
 
     let result = match &outcome {
         Outcome::Suspended => "suspended",

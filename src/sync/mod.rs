@@ -3,7 +3,6 @@
 
 pub mod controller;
 pub mod plan;
-pub mod publish;
 pub mod source;
 pub mod status;
 pub mod webhook;

@@ -24,7 +24,7 @@ use crate::dvcr::{Dvcr, DvcrError, layout};
 use crate::import::status::{PresenceChange, presence_change, with_presence_change};
 use crate::k8s::cvi_status::{CviStatusStore, Target};
 use crate::metrics::{ImageLabel, Metrics, ReasonLabel};
-use crate::sync::publish::Publishers;
+use crate::report::publish::Publishers;
 
 #[derive(Clone, Debug)]
 pub struct VerifySettings {

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::status::{self, ImageState, Outcome};
 use crate::api::catalog::{CommitStatusProvider, ImageCatalog};
 use crate::git::{self, GitCredentials};
 use crate::k8s::secrets::SecretReader;
@@ -66,19 +65,14 @@ impl Publishers {
         }
     }
 
-    /// Reports the outcome of a sync on its commit, and gives the commit it replaced a final
-    /// state if that one was still pending.
-    pub async fn publish(&self, catalog: &ImageCatalog, outcome: &Outcome, images: &[ImageState]) {
+    /// Sends the check of a sync on its commit (sync decides it), and gives the commit it
+    /// replaced a final state if that one was still pending.
+    pub async fn publish(&self, catalog: &ImageCatalog, check: CommitCheck) {
         let Some(settings) = &catalog.spec.commit_status else {
             return;
         };
         let name = catalog.name_any();
-        let context = format!("{}/{name}", settings.context_prefix);
-        let Some(check) =
-            status::commit_check(&context, outcome, images, settings.target_url.clone())
-        else {
-            return;
-        };
+        let context = check.context.clone();
         let sink = match self.sink(catalog).await {
             Ok(sink) => sink,
             Err(message) => {
@@ -99,7 +93,7 @@ impl Publishers {
                 state: CheckState::Superseded,
                 description: format!(
                     "Superseded by {} before its images were Ready",
-                    status::short(&check.commit)
+                    super::short(&check.commit)
                 ),
                 details: Vec::new(),
                 target_url: settings.target_url.clone(),
@@ -335,7 +329,7 @@ impl GitNotes {
                             pushed.insert(commit.clone(), text);
                         }
                         Ok(Err(error)) => {
-                            tracing::warn!(commit = %status::short(commit), %error, "could not push the commit note; retrying with the next update")
+                            tracing::warn!(commit = %super::short(commit), %error, "could not push the commit note; retrying with the next update")
                         }
                         Err(error) => tracing::warn!(%error, "the note push stopped"),
                     }
