@@ -1,33 +1,8 @@
 //! Follows the unpacked byte stream: keeps the bytes the format parsers ask for and counts
 //! the rest.
 
-use super::formats::{self, HEAD_MAX, WindowKind};
+use super::formats::{self, Detected, HEAD_MAX, Next, WindowKind};
 use super::{DiskFormat, InspectError};
-
-/// A format and size, once known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Detected {
-    pub format: DiskFormat,
-    pub virtual_size: u64,
-    pub cdrom: bool,
-}
-
-/// What a parser needs next.
-pub(super) enum Next {
-    /// The first `n` bytes of the image (more than it had).
-    Head(usize),
-    /// `len` bytes at `start`, handed to `kind.parse()`.
-    Window {
-        start: u64,
-        len: usize,
-        kind: WindowKind,
-    },
-    /// Everything: the size is the unpacked length (raw, or ISO if `iso`).
-    Count {
-        iso: bool,
-    },
-    Done(Detected),
-}
 
 enum Phase {
     /// Collecting the first `want` bytes; the head holds every byte seen so far.

@@ -11,13 +11,37 @@ mod vmdk;
 
 pub(super) use vhd::fixed_vhd;
 
-use super::analyzer::{Detected, Next};
 use super::{DiskFormat, GZIP_MAGIC, InspectError, XZ_MAGIC};
 use qcow2::qcow2;
 use vdi::{VDI_SIGNATURE, vdi};
 use vhd::vhd;
 use vhdx::{vhdx, vhdx_items, vhdx_metadata_table};
 use vmdk::{is_vmdk_descriptor, vmdk_descriptor_file, vmdk_embedded_descriptor, vmdk_sparse};
+
+/// A format and size, once known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Detected {
+    pub format: DiskFormat,
+    pub virtual_size: u64,
+    pub cdrom: bool,
+}
+
+/// What a parser needs next.
+pub(super) enum Next {
+    /// The first `n` bytes of the image (more than it had).
+    Head(usize),
+    /// `len` bytes at `start`, handed to `kind.parse()`.
+    Window {
+        start: u64,
+        len: usize,
+        kind: WindowKind,
+    },
+    /// Everything: the size is the unpacked length (raw, or ISO if `iso`).
+    Count {
+        iso: bool,
+    },
+    Done(Detected),
+}
 
 /// Enough for the headers of every format but qcow2's extensions and VHDX.
 pub(super) const FIRST_PROBE: usize = 512;
