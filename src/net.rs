@@ -239,4 +239,23 @@ mod tests {
         let jitter = random_jitter();
         assert!((0.0..=1.0).contains(&jitter));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics(value in ".{0,40}", now in proptest::num::i64::ANY) {
+            let _ = parse_retry_after(&value, now);
+        }
+
+        #[test]
+        fn percent_decoding_undoes_percent_encoding(text in ".{0,40}") {
+            let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+            proptest::prop_assert_eq!(percent_decode(&encoded), text);
+        }
+
+        #[test]
+        fn backoff_stays_within_its_bounds(failures in proptest::num::u32::ANY, jitter in -1.0f64..2.0) {
+            let delay = backoff(failures, jitter);
+            proptest::prop_assert!(delay >= Duration::from_millis(500) && delay <= MAX_BACKOFF);
+        }
+    }
 }

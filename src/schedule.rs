@@ -131,4 +131,11 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_schedule_text_is_read_without_panic(text in "[0-9*/,\\- A-Za-z?LW#]{0,40}") {
+            let _ = parse(&text);
+        }
+    }
 }

@@ -239,3 +239,19 @@ fn the_examples_catalog_is_valid() {
         panic!("{problems:#?}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_catalog_text_gets_images_or_problems_not_a_panic(text in "[ -~\n]{0,400}") {
+        let _ = load(&[file("images/a.yaml", &text)]);
+    }
+
+    #[test]
+    fn yaml_shaped_text_gets_images_or_problems_not_a_panic(
+        lines in proptest::collection::vec("( {0,6})(- )?([a-zA-Z]{1,8}: )?([a-z0-9&*!|>\\[\\]{}'\"-]{0,12})", 0..30)
+    ) {
+        let _ = load(&[file("images/a.yaml", &lines.join("\n"))]);
+    }
+}

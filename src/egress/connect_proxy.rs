@@ -235,4 +235,13 @@ mod tests {
         let refusal = closed.refusal().expect("the refusal is kept");
         assert_eq!(refusal.host.as_deref(), Some("localhost"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_head_is_read_without_panic(head in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Some((host, _)) = connect_target(&head) {
+                proptest::prop_assert!(!host.is_empty());
+            }
+        }
+    }
 }

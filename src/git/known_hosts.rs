@@ -235,4 +235,18 @@ mod tests {
             HostKeyCheck::Revoked
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_known_hosts_text_is_read_without_panic(text in "[ -~\n]{0,300}", name in "[a-z0-9.:\\[\\]-]{0,30}") {
+            let _ = check(&text, &name, b"key");
+        }
+
+        #[test]
+        fn a_pattern_without_wildcards_matches_only_itself(text in "[a-z0-9.-]{0,20}", other in "[a-z0-9.-]{0,20}") {
+            proptest::prop_assert!(wildcard_match(&text, &text));
+            proptest::prop_assert_eq!(wildcard_match(&text, &other), text == other);
+            proptest::prop_assert!(wildcard_match("*", &other));
+        }
+    }
 }

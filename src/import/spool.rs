@@ -262,4 +262,13 @@ mod tests {
         assert_eq!(removed, vec![(dead.clone(), 5)]);
         assert!(live.exists() && foreign.exists() && !dead.exists());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_or_file_name_is_read_without_panic(text in ".{0,30}") {
+            let _ = parse_quantity(&text);
+            let _ = owner_of(&text);
+            let _ = start_time(&text);
+        }
+    }
 }

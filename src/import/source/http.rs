@@ -982,7 +982,8 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
             let (start, end) = range.split_once('-')?;
             let start: u64 = start.trim().parse().ok()?;
             let end: u64 = end.trim().parse().ok()?;
-            if end < start {
+            // A range past the end of the file is no part of it.
+            if end < start || total.is_some_and(|total| end >= total) {
                 return None;
             }
             Some(start)
@@ -1203,6 +1204,34 @@ mod tests {
             let error = Target::parse(url).err().unwrap();
             assert_eq!(error.reason, reason::INVALID_URL, "{url}");
             assert!(error.is_permanent());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn content_ranges_never_panic_and_hold_only_ranges_inside_the_file(value in ".{0,64}") {
+            if let Some(ContentRange { start: Some(start), total: Some(total) }) =
+                parse_content_range(&value)
+            {
+                proptest::prop_assert!(start < total, "{value:?}");
+            }
+        }
+
+        #[test]
+        fn a_valid_content_range_reads_back(start in 0u64..1 << 40, len in 1u64..1 << 30, extra in 0u64..1 << 30) {
+            let end = start + len - 1;
+            let total = end + 1 + extra;
+            let parsed = parse_content_range(&format!("bytes {start}-{end}/{total}"));
+            proptest::prop_assert_eq!(parsed, Some(ContentRange { start: Some(start), total: Some(total) }));
+            proptest::prop_assert_eq!(parse_content_range(&format!("bytes {start}-{end}/{end}")), None);
+        }
+
+        #[test]
+        fn a_content_disposition_never_names_a_path(value in "(attachment; )?(filename\\*?=)?[ -~]{0,40}") {
+            if let Some(name) = content_disposition_file_name(&value) {
+                proptest::prop_assert!(!name.contains('/') && !name.contains('\\') && !name.contains('\0'), "{name:?}");
+                proptest::prop_assert!(name != "." && name != ".." && !name.is_empty(), "{name:?}");
+            }
         }
     }
 }
