@@ -923,23 +923,23 @@ fn an_xz_decoder_grows_into_the_shared_memory_only_when_its_file_asks_and_the_po
     let error = inspect(&huge_dictionary, 64 << 10).unwrap_err();
     assert_eq!(error.reason(), "UnsupportedImage", "{error}");
     assert!(error.to_string().contains("recompress"), "{error}");
+}
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-        #[test]
-        fn arbitrary_bytes_get_an_answer_not_a_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096), chunk in 0usize..64) {
-            let _ = inspect(&data, chunk);
-        }
+    #[test]
+    fn arbitrary_bytes_get_an_answer_not_a_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096), chunk in 0usize..64) {
+        let _ = inspect(&data, chunk);
+    }
 
-        #[test]
-        fn a_format_magic_followed_by_garbage_gets_an_answer_not_a_panic(
-            magic in proptest::sample::select(vec![&b"QFI\xfb"[..], b"conectix", b"vhdxfile", b"KDMV", b"# Disk DescriptorFile", b"\x1f\x8b\x08", b"\xfd7zXZ\0"]),
-            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
-        ) {
-            let mut data = magic.to_vec();
-            data.extend(rest);
-            let _ = inspect(&data, 0);
-        }
+    #[test]
+    fn a_format_magic_followed_by_garbage_gets_an_answer_not_a_panic(
+        magic in proptest::sample::select(vec![&b"QFI\xfb"[..], b"conectix", b"vhdxfile", b"KDMV", b"# Disk DescriptorFile", b"\x1f\x8b\x08", b"\xfd7zXZ\0"]),
+        rest in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+    ) {
+        let mut data = magic.to_vec();
+        data.extend(rest);
+        let _ = inspect(&data, 0);
     }
 }
