@@ -19,14 +19,41 @@ pub fn parse(expression: &str) -> Result<Schedule, String> {
             fields.len()
         ));
     }
+    for ((field, value), (low, high)) in ["minute", "hour", "day-of-month", "month"]
+        .into_iter()
+        .zip(&fields)
+        .zip([(0, 59), (0, 23), (1, 31), (1, 12)])
+    {
+        if let Some(number) = out_of_range(value, low, high) {
+            return Err(format!(
+                "{expression:?}: the {field} {number} is out of range; it is {low} to {high} (the form is minute hour day-of-month month day-of-week)"
+            ));
+        }
+    }
     let day_of_week = translate_day_of_week(fields[4])?;
     let translated = format!(
         "0 {} {} {} {} {day_of_week}",
         fields[0], fields[1], fields[2], fields[3]
     );
     Schedule::from_str(&translated).map_err(|error| {
-        format!("{expression:?} is not a valid cron schedule ({error}); the form is minute hour day-of-month month day-of-week, for example \"17 3 * * *\"")
+        // The cron crate's message draws a caret under its own six-field form: keep the words.
+        let error = error.to_string();
+        let words = error.lines().last().unwrap_or_default().trim();
+        format!("{expression:?} is not a valid cron schedule ({words}); the form is minute hour day-of-month month day-of-week, for example \"17 3 * * *\"")
     })
+}
+
+/// The first number of a field (`5`, `1-5`, `*/15`, `1,30`) outside `low..=high`; steps
+/// are not values and are left to the parser.
+fn out_of_range(field: &str, low: u32, high: u32) -> Option<u32> {
+    field
+        .split(',')
+        .flat_map(|part| {
+            let values = part.split('/').next().unwrap_or_default();
+            values.split('-').map(str::to_string).collect::<Vec<_>>()
+        })
+        .filter_map(|value| value.parse::<u32>().ok())
+        .find(|number| !(low..=high).contains(number))
 }
 
 fn translate_day_of_week(field: &str) -> Result<String, String> {
@@ -130,6 +157,26 @@ mod tests {
                 "{wrong}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_number_out_of_its_fields_range_is_named_with_the_range() {
+        let error = parse("61 * * * *").unwrap_err();
+        assert!(
+            error.starts_with("\"61 * * * *\": the minute 61 is out of range; it is 0 to 59"),
+            "{error}"
+        );
+        assert!(parse("0 24 * * *").unwrap_err().contains("the hour 24"));
+        assert!(parse("0 3 0 * *").unwrap_err().contains("day-of-month 0"));
+        assert!(
+            parse("0 3 1-32 * *")
+                .unwrap_err()
+                .contains("day-of-month 32")
+        );
+        assert!(parse("*/15 3 * 13 *").unwrap_err().contains("month 13"));
+        assert!(parse("*/15 0-23 1,31 1-12 *").is_ok());
+        let error = parse("x 3 * * *").unwrap_err();
+        assert!(!error.contains('^') && !error.contains('\n'), "{error}");
     }
 
     proptest::proptest! {

@@ -272,6 +272,10 @@ impl DocumentInFile<'_> {
                             ))
                         ),
                     ),
+                    jsonschema::error::ValidationErrorKind::Pattern { pattern } => (
+                        self.positions.value(&pointer),
+                        pattern_message(&field_path(&pointer), pattern, error.instance()),
+                    ),
                     _ => (
                         self.positions.value(&pointer),
                         format!("{}: {}", field_path(&pointer), error.masked()),
@@ -416,6 +420,22 @@ fn validator(kind: &DocumentKind) -> &'static jsonschema::Validator {
 }
 
 /// `/images/3/dataSource/http` as people read it: `images[3].dataSource.http`.
+/// A pattern the value missed, said as the rule it stands for where there is one.
+fn pattern_message(field: &str, pattern: &str, value: &serde_json::Value) -> String {
+    let shown = value
+        .as_str()
+        .map_or_else(|| value.to_string(), |text| format!("{text:?}"));
+    if pattern == document::NAME_PATTERN {
+        format!(
+            "{field}: {shown} is not a valid name: lower-case letters, digits and '-', in parts separated by single dots, each starting and ending with a letter or digit (the ClusterVirtualImage's own rule)"
+        )
+    } else if field.ends_with(".http.url") {
+        format!("{field}: {shown} is not an http:// or https:// URL; only those can be imported")
+    } else {
+        format!("{field}: {shown} does not match {pattern:?}")
+    }
+}
+
 pub fn field_path(pointer: &str) -> String {
     let mut path = String::new();
     for segment in pointer.split('/').skip(1) {
