@@ -58,8 +58,14 @@ async fn serve(
     refused: Arc<Mutex<Option<Refusal>>>,
 ) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
-            continue;
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(error) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::debug!(%error, "egress proxy: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (policy, refused) = (policy.clone(), refused.clone());
         tokio::spawn(async move {
