@@ -8,7 +8,8 @@ pub use kube::runtime::events::Event;
 pub use kube::runtime::events::EventType;
 use kube::runtime::events::{Recorder, Reporter};
 
-/// The Events API's limits: 128 characters of reason, 1 KiB of note.
+/// The Events API's limits: 128 characters of reason, 1 KiB of note (bytes, so a note of
+/// many-byte characters is cut by its bytes).
 const MAX_REASON: usize = 128;
 const MAX_NOTE: usize = 1000;
 
@@ -52,9 +53,38 @@ impl EventPublisher {
     /// Publishes an Event built elsewhere, cut to the API's limits.
     pub async fn send(&self, object: &ObjectReference, mut event: Event) {
         event.reason = event.reason.chars().take(MAX_REASON).collect();
-        event.note = event.note.map(|note| note.chars().take(MAX_NOTE).collect());
+        event.note = event.note.map(|note| cut_note(&note));
         if let Err(error) = self.recorder.publish(&event, object).await {
             tracing::debug!(%error, reason = %event.reason, "publishing an Event failed");
         }
+    }
+}
+
+/// `note` within MAX_NOTE bytes, cut on a character boundary and marked when cut.
+fn cut_note(note: &str) -> String {
+    if note.len() <= MAX_NOTE {
+        return note.to_string();
+    }
+    let mut cut = MAX_NOTE - 3;
+    while !note.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &note[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_note_is_cut_to_the_apis_bytes_on_a_character_boundary() {
+        assert_eq!(cut_note("short"), "short");
+        let cut = cut_note(&"é".repeat(800));
+        assert!(
+            cut.len() <= MAX_NOTE && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(cut_note(&"a".repeat(MAX_NOTE)).len(), MAX_NOTE);
     }
 }

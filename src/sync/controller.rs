@@ -412,12 +412,7 @@ async fn source(catalog: &ImageCatalog, ctx: &Context) -> Result<Memory, Outcome
     let credentials = super::source::credentials(&ctx.secrets, catalog).await?;
     // Same commit and same spec: the files are what the last fetch read.
     let same_spec = remembered.as_ref().filter(|m| m.generation == generation);
-    // Whether the branch moved forward is asked of the commit applied under this very spec;
-    // a new spec (another branch, say) starts afresh.
-    let status = catalog.status.as_ref();
-    let applied = status
-        .filter(|s| s.observed_generation == generation)
-        .and_then(|s| s.last_applied_revision.clone());
+    let applied = super::source::applied_revision(catalog);
     let fetched = super::source::fetch(
         &ctx.settings.cache_dir.join(&name),
         catalog,
@@ -768,6 +763,12 @@ async fn announce(
     next: &ImageCatalogStatus,
     outcome: &Outcome,
 ) {
+    // A failure is announced once, when its reason first shows.
+    let previous_reason = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str());
     let event = match outcome {
         Outcome::Invalid { commit, problems }
             if previous.last_attempted_revision.as_deref() != Some(commit.as_str())
@@ -776,7 +777,7 @@ async fn announce(
             Some(Event {
                 type_: EventType::Warning,
                 reason: "ValidationFailed".into(),
-                note: Some(status::truncate_note(&format!(
+                note: Some(format!(
                     "Commit {} was not applied: {}",
                     status::short(commit),
                     problems
@@ -785,23 +786,16 @@ async fn announce(
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; ")
-                ))),
+                )),
                 action: "Validate".into(),
                 secondary: None,
             })
         }
-        Outcome::FetchFailed { reason, message }
-            if previous
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| c.reason.as_str())
-                != Some(reason.as_str()) =>
-        {
+        Outcome::FetchFailed { reason, message } if previous_reason != Some(reason.as_str()) => {
             Some(Event {
                 type_: EventType::Warning,
                 reason: reason.clone(),
-                note: Some(status::truncate_note(message)),
+                note: Some(message.clone()),
                 action: "Fetch".into(),
                 secondary: None,
             })
@@ -811,17 +805,12 @@ async fn announce(
             reason,
             message,
         } if previous.last_attempted_revision.as_deref() != Some(commit.as_str())
-            || previous
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| c.reason.as_str())
-                != Some(reason.as_str()) =>
+            || previous_reason != Some(reason.as_str()) =>
         {
             Some(Event {
                 type_: EventType::Warning,
                 reason: reason.clone(),
-                note: Some(status::truncate_note(message)),
+                note: Some(message.clone()),
                 action: "Apply".into(),
                 secondary: None,
             })

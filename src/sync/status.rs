@@ -256,10 +256,6 @@ fn make_condition(
 }
 
 /// An Event note fits in 1 KiB.
-pub fn truncate_note(text: &str) -> String {
-    truncate(text, 1000)
-}
-
 fn truncate(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_string();
