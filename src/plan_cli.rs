@@ -60,10 +60,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
                     &catalog,
                     credentials,
                     None,
-                    catalog
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.last_applied_revision.clone()),
+                    source::applied_revision(&catalog),
                     &args.egress.policy(),
                 )
                 .await

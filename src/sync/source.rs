@@ -51,6 +51,16 @@ pub fn insecure_secret_ref(catalog: &ImageCatalog) -> Option<Outcome> {
     })
 }
 
+/// The commit applied under this very spec, whose descendants a fetch may move to without a
+/// hold; None after a spec change (another branch, say), which starts afresh.
+pub fn applied_revision(catalog: &ImageCatalog) -> Option<String> {
+    catalog
+        .status
+        .as_ref()
+        .filter(|status| status.observed_generation == catalog.metadata.generation)
+        .and_then(|status| status.last_applied_revision.clone())
+}
+
 pub struct Fetched {
     pub commit: String,
     /// The commit's catalog files, or the one problem that kept them from being read (too
