@@ -49,7 +49,7 @@ fn world() -> &'static World {
         );
         let out = env.kubectl_with_input(&["apply", "-f", "-"], &webhook_secret);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (webhook_port, metrics_port) = (free_port(), free_port());
+        let (webhook_port, metrics_port) = (common::free_port(), common::free_port());
         let daemon = start_daemon(env, dir.path(), &kubeconfig, webhook_port, metrics_port);
         World {
             env,
@@ -60,14 +60,6 @@ fn world() -> &'static World {
             _dir: dir,
         }
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_daemon(
@@ -87,7 +79,7 @@ fn start_daemon(
          >'{log}' 2>&1 & pid=$!; read _; kill $pid",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
         lease = common::unique_lease(SUITE),
-        upload = free_port(),
+        upload = common::free_port(),
         cache = dir.join("git-cache").display(),
         log = log.display(),
     );
@@ -210,34 +202,7 @@ fn push_webhook(catalog: &str, secret: &str) -> u16 {
 
 /// POSTs `body` signed with `secret` as a GitHub push; the status code and the answer.
 fn post_webhook(catalog: &str, secret: &str, body: &[u8]) -> (u16, String) {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature = hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref());
-    let dir = tempfile::tempdir().unwrap();
-    let body_file = dir.path().join("body");
-    std::fs::write(&body_file, body).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-        ])
-        .args(["-H", "X-GitHub-Event: push"])
-        .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
-        .arg("--data-binary")
-        .arg(format!("@{}", body_file.display()))
-        .arg(format!(
-            "http://127.0.0.1:{}/hooks/{catalog}",
-            world().webhook_port
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (answer, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), answer.to_string())
+    common::post_github_push(world().webhook_port, catalog, secret, body)
 }
 
 fn metric(name: &str, catalog: &str) -> f64 {

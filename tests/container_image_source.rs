@@ -144,6 +144,22 @@ fn layer_media_type(registry: &SourceRegistry, image: &str) -> String {
         .to_string()
 }
 
+/// Opens `image` of `registry`, trusting its CA, under the default egress policy.
+async fn open_from(
+    registry: &SourceRegistry,
+    image: &str,
+    credentials: Option<RegistryCredentials>,
+) -> ContainerDisk {
+    ContainerDisk::open(
+        image,
+        Some(registry.ca_pem().as_bytes()),
+        credentials,
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn open_err(
     image: &str,
     ca: Option<&str>,
@@ -171,14 +187,7 @@ async fn public_registry_uncompressed_layer_streams_the_disk() {
         "application/vnd.oci.image.layer.v1.tar"
     );
 
-    let source = ContainerDisk::open(
-        &image,
-        Some(registry.ca_pem().as_bytes()),
-        None,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let source = open_from(&registry, &image, None).await;
     let read = read_all(source)
         .await
         .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -196,14 +205,7 @@ async fn public_registry_uncompressed_layer_streams_the_disk() {
         &[("etc/motd", &other), ("./disk/dotted.qcow2", &qcow2)],
         false,
     );
-    let source = ContainerDisk::open(
-        &image,
-        Some(registry.ca_pem().as_bytes()),
-        None,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let source = open_from(&registry, &image, None).await;
     let read = read_all(source)
         .await
         .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -223,14 +225,7 @@ async fn private_registry_gzip_layer_with_credentials() {
         "application/vnd.oci.image.layer.v1.tar+gzip"
     );
 
-    let source = ContainerDisk::open(
-        &image,
-        Some(registry.ca_pem().as_bytes()),
-        credentials_of(&registry),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let source = open_from(&registry, &image, credentials_of(&registry)).await;
     let read = read_all(source)
         .await
         .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -245,14 +240,7 @@ async fn private_registry_gzip_layer_with_credentials() {
     let iso = Path::new("/usr/lib/ipxe/ipxe.iso");
     if iso.exists() {
         let image = registry.push_container_disk("vm/iso:latest", &[("disk/ipxe.iso", iso)], true);
-        let source = ContainerDisk::open(
-            &image,
-            Some(registry.ca_pem().as_bytes()),
-            credentials_of(&registry),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let source = open_from(&registry, &image, credentials_of(&registry)).await;
         let read = read_all(source)
             .await
             .unwrap_or_else(|(e, ..)| panic!("{e:?}"));
@@ -374,14 +362,7 @@ async fn image_with_two_files_under_disk_fails_at_the_end_of_the_stream() {
             &[("disk/first.qcow2", &first), ("disk/second.qcow2", &second)],
             gzip,
         );
-        let source = ContainerDisk::open(
-            &image,
-            Some(registry.ca_pem().as_bytes()),
-            None,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let source = open_from(&registry, &image, None).await;
         assert_eq!(source.file_name(), "first.qcow2");
         let Err((error, delivered, sha)) = read_all(source).await else {
             panic!("two disks must fail");
@@ -467,14 +448,7 @@ async fn pipeline_stores_the_disk_of_a_container_image_in_dvcr() {
             &[(&format!("disk/{name}"), &file)],
             gzip,
         );
-        let source = ContainerDisk::open(
-            &image,
-            Some(registry.ca_pem().as_bytes()),
-            credentials_of(&registry),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let source = open_from(&registry, &image, credentials_of(&registry)).await;
         let spool = tempfile::tempdir().unwrap();
         let settings = PipelineSettings {
             inspect: InspectLimits::default(),

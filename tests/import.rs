@@ -48,7 +48,7 @@ fn world() -> &'static World {
         make_images(&images);
         let http = FileServer::start(&images);
         let https = FileServer::start_https(&images);
-        let metrics_port = free_port();
+        let metrics_port = common::free_port();
         let controller = start_controller(
             env,
             dir.path(),
@@ -68,20 +68,12 @@ fn world() -> &'static World {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the daemon as the ServiceAccount of deploy/rbac.yaml (the shipped roles must
 /// suffice), for the images labelled with `suite`, with `extra` flags.
 fn start_controller(env: &TestEnv, dir: &Path, suite: &str, port: u16, extra: &str) -> Controller {
     let log = dir.join(format!("controller-{suite}.log"));
     let kubeconfig = env.daemon_kubeconfig(dir);
-    let upload_port = free_port();
+    let upload_port = common::free_port();
     let command = format!(
         "'{bin}' controller --selector {SUITE_LABEL}={suite} --metrics-addr 127.0.0.1:{port} {extra} \
          --max-concurrent-imports 6 --max-import-attempts 2 --catalog-controller=false \
@@ -467,7 +459,7 @@ fn a_source_that_drips_a_byte_at_a_time_is_dropped_at_the_end_of_its_window() {
         world.env,
         dir.path(),
         PACED,
-        free_port(),
+        common::free_port(),
         "--source-window-seconds 3 --source-min-kib-per-window 64",
     );
     let server = FileServer::start(&world.images);
@@ -519,7 +511,7 @@ fn the_spool_is_swept_at_start_and_a_download_larger_than_it_fails_without_filli
         world.env,
         dir.path(),
         SPOOLED,
-        free_port(),
+        common::free_port(),
         &format!("--spool-dir '{}' --spool-size 4Mi", spool.display()),
     );
     wait_for(
@@ -570,7 +562,7 @@ fn a_source_the_egress_policy_refuses_fails_with_the_reason_and_the_flag_that_op
         world.env,
         dir.path(),
         FENCED,
-        free_port(),
+        common::free_port(),
         "--source-deny 127.0.0.2/32",
     );
     // On loopback, yet denied: a CVI must not be able to name it.
@@ -1246,27 +1238,6 @@ fn container_image_source(image: &str, ca_bundle: &str, secret: Option<(&str, &s
     serde_json::json!({"type": "ContainerImage", "containerImage": block})
 }
 
-/// Makes `namespace` and lets the daemon read Secrets there, as the chart's
-/// pullSecretNamespaces does.
-fn bind_pull_secrets(env: &TestEnv, namespace: &str) {
-    let _ = env
-        .kubectl()
-        .args(["create", "namespace", namespace])
-        .output();
-    let _ = env
-        .kubectl()
-        .args([
-            "create",
-            "rolebinding",
-            "image-catalog-pull-secrets",
-            "-n",
-            namespace,
-            "--clusterrole=image-catalog-pull-secrets",
-            "--serviceaccount=image-catalog:image-catalog",
-        ])
-        .output();
-}
-
 fn pull_secret(
     env: &TestEnv,
     namespace: &str,
@@ -1275,7 +1246,7 @@ fn pull_secret(
     user: &str,
     password: &str,
 ) {
-    bind_pull_secrets(env, namespace);
+    env.bind_pull_secrets(namespace);
     let _ = env
         .kubectl()
         .args([
@@ -1368,7 +1339,7 @@ fn a_missing_pull_secret_keeps_the_image_pending_until_the_secret_appears() {
         &[("disk/disk.vdi", &world.images.join("disk.vdi"))],
         true,
     );
-    bind_pull_secrets(env, "late-secrets");
+    env.bind_pull_secrets("late-secrets");
     let _ = env
         .kubectl()
         .args([

@@ -33,7 +33,7 @@ impl Daemon {
     /// Starts `image-catalog controller` as pod `identity` (POD_NAME), campaigning for `lease`
     /// and importing the images labelled with `suite`.
     fn start(world: &World, lease: &str, identity: &str) -> Daemon {
-        let metrics_port = free_port();
+        let metrics_port = common::free_port();
         let log = world.dir.path().join(format!("{identity}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         eprintln!("daemon {identity} log: {}", log.display());
@@ -41,7 +41,10 @@ impl Daemon {
             .arg("controller")
             .args(["--selector", &format!("{SUITE_LABEL}={}", world.suite)])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--upload-addr", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--upload-addr",
+                &format!("127.0.0.1:{}", common::free_port()),
+            ])
             .args(["--catalog-controller=false", "--max-import-attempts", "2"])
             .args(["--leader-election-lease", lease])
             .envs(&world.env.vars)
@@ -296,14 +299,6 @@ impl World {
                 .output();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_random(path: &Path, random: usize, zeros: usize) {

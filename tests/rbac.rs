@@ -145,23 +145,10 @@ fn the_chart_grants_exactly_what_the_code_calls_and_no_secret_outside_its_namesp
     ]);
     // A namespace the daemon may read pull secrets in, bound as the chart's
     // pullSecretNamespaces binds it, and a tenant's namespace that is not.
-    for namespace in ["rbac-pull-secrets", "rbac-tenant"] {
-        let _ = env
-            .kubectl()
-            .args(["create", "namespace", namespace])
-            .output();
-    }
+    env.bind_pull_secrets("rbac-pull-secrets");
     let _ = env
         .kubectl()
-        .args([
-            "create",
-            "rolebinding",
-            "image-catalog-pull-secrets",
-            "-n",
-            "rbac-pull-secrets",
-            "--clusterrole=image-catalog-pull-secrets",
-            "--serviceaccount=image-catalog:image-catalog",
-        ])
+        .args(["create", "namespace", "rbac-tenant"])
         .output();
 
     let cases = [

@@ -37,14 +37,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Where a daemon listens; a restarted daemon uses the same addresses, as a restarted pod
 /// behind the same Service does.
 #[derive(Clone, Copy)]
@@ -266,8 +258,8 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
     let big = dir.path().join("big.raw");
     write_random_file(&big, 24 << 20, 12);
     let ports = Ports {
-        metrics: free_port(),
-        upload: free_port(),
+        metrics: common::free_port(),
+        upload: common::free_port(),
     };
     let first = Daemon::start(env, dir.path(), suite, ports, 1);
 
@@ -383,8 +375,8 @@ fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
         Behavior::default().hold_after(6 << 20, u64::MAX),
     );
     let ports = Ports {
-        metrics: free_port(),
-        upload: free_port(),
+        metrics: common::free_port(),
+        upload: common::free_port(),
     };
     let first = Daemon::start(env, dir.path(), suite, ports, 1);
     create(

@@ -37,14 +37,6 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn apply(env: &TestEnv, yaml: &str) {
     let out = env.kubectl_with_input(&["apply", "-f", "-"], yaml);
     assert!(
@@ -93,29 +85,7 @@ fn settled(env: &TestEnv, name: &str) -> Value {
 }
 
 fn post_webhook(port: u16, catalog: &str, secret: &str) -> u16 {
-    let body = br#"{"ref":"refs/heads/main"}"#;
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature = hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref());
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["-X", "POST", "-H", "X-GitHub-Event: push"])
-        .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
-        .args(["--data-binary", std::str::from_utf8(body).unwrap()])
-        .arg(format!("http://127.0.0.1:{port}/hooks/{catalog}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    common::post_github_push(port, catalog, secret, br#"{"ref":"refs/heads/main"}"#).0
 }
 
 fn start_daemon(env: &TestEnv, dir: &Path, metrics: u16, webhooks: u16) -> Daemon {
@@ -126,7 +96,7 @@ fn start_daemon(env: &TestEnv, dir: &Path, metrics: u16, webhooks: u16) -> Daemo
          --git-cache-dir '{cache}' --max-import-attempts 1 --leader-election-lease {lease} \
          >'{log}' 2>&1",
         bin = env!("CARGO_BIN_EXE_image-catalog"),
-        upload = free_port(),
+        upload = common::free_port(),
         cache = dir.join("git-cache").display(),
         lease = common::unique_lease(SUITE),
         log = log.display(),
@@ -147,7 +117,7 @@ fn start_daemon(env: &TestEnv, dir: &Path, metrics: u16, webhooks: u16) -> Daemo
 fn no_secret_reaches_logs_events_status_metrics_or_commit_checks() {
     let env = testenv();
     let dir = tempfile::tempdir().unwrap();
-    let (metrics_port, webhook_port) = (free_port(), free_port());
+    let (metrics_port, webhook_port) = (common::free_port(), common::free_port());
     let _daemon = start_daemon(env, dir.path(), metrics_port, webhook_port);
 
     // An HTTP source behind basic auth, with a signed query: one found, one missing.

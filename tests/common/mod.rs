@@ -160,6 +160,44 @@ pub fn read_env_file(path: &Path) -> HashMap<String, String> {
 /// the test binaries share one environment and start their daemons at once, each for its own
 /// `--selector`; on one shared Lease all but one of them would stand by and import nothing.
 /// Each daemon still campaigns and leads, so every test runs the leader's path.
+/// POSTs `body` to the daemon's webhook endpoint on `port`, signed with `secret` as a GitHub
+/// push; the status code and the answer.
+pub fn post_github_push(port: u16, catalog: &str, secret: &str, body: &[u8]) -> (u16, String) {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, body).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "X-GitHub-Event: push"])
+        .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("http://127.0.0.1:{port}/hooks/{catalog}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), answer.to_string())
+}
+
+/// A port free on 127.0.0.1 when asked.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub fn unique_lease(suite: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -215,6 +253,27 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
 impl TestEnv {
     /// A kubeconfig that authenticates as the ServiceAccount of `deploy/rbac.yaml`, so that a
     /// daemon started with it has exactly the permissions the project ships.
+    /// Makes `namespace` and lets the daemon's account read Secrets there, as the chart's
+    /// pullSecretNamespaces does (a RoleBinding to the pull-secrets ClusterRole).
+    pub fn bind_pull_secrets(&self, namespace: &str) {
+        let _ = self
+            .kubectl()
+            .args(["create", "namespace", namespace])
+            .output();
+        let _ = self
+            .kubectl()
+            .args([
+                "create",
+                "rolebinding",
+                "image-catalog-pull-secrets",
+                "-n",
+                namespace,
+                "--clusterrole=image-catalog-pull-secrets",
+                "--serviceaccount=image-catalog:image-catalog",
+            ])
+            .output();
+    }
+
     pub fn daemon_kubeconfig(&self, dir: &Path) -> PathBuf {
         self.kubectl_ok(&[
             "apply",

@@ -83,7 +83,7 @@ impl SourceRegistry {
 
         // The port is free when probed; a collision before the registry binds makes the
         // readiness wait fail loudly rather than silently use another server.
-        let port = free_port();
+        let port = super::free_port();
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
@@ -327,13 +327,6 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     text.push_str(&format!("-----END {label}-----\n"));
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn rand_u64() -> u64 {
