@@ -134,6 +134,12 @@ pub struct ControllerArgs {
     /// Attempts of one import after transient failures before it ends in Failed.
     #[arg(long, default_value_t = 5)]
     pub max_import_attempts: u32,
+    /// How often a running import saves a checkpoint (its DVCR upload session and hash
+    /// states, in a Lease of the daemon's namespace), in milliseconds: after a restart or a
+    /// takeover the import goes on from the last one, fetching again at most this long's
+    /// worth of bytes.
+    #[arg(long, env = "CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
+    pub checkpoint_interval_ms: u64,
     /// Address of the upload endpoint (`PUT <base>/upload/<token>`) for `type: Upload` images.
     #[arg(long, env = "UPLOAD_ADDR", default_value = "0.0.0.0:8081")]
     pub upload_addr: SocketAddr,
@@ -614,6 +620,8 @@ fn start_leader_parts(
                 .upload_in_cluster_url
                 .clone()
                 .unwrap_or_else(|| format!("http://image-catalog-upload.{}.svc", args.namespace)),
+            checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(100)),
+            identity: lease::identity(args.pod_name.as_deref()),
         };
         let uploads = Arc::new(UploadGate::default());
         let upload_addr = args.upload_addr;

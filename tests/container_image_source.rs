@@ -468,6 +468,7 @@ async fn pipeline_stores_the_disk_of_a_container_image_in_dvcr() {
             repository: format!("cvi/container-image-test-{unique}"),
             tag: "v1".to_string(),
             checksum: None,
+            checkpointing: None,
         };
         let stored = pipeline::store(
             &dvcr,

@@ -64,6 +64,11 @@ const OWN_NAMESPACE: &[(&str, &str, &str)] = &[
         "k8s::lease: leader election",
     ),
     (
+        "leases.coordination.k8s.io",
+        "delete get list patch",
+        "k8s::checkpoints: import checkpoints",
+    ),
+    (
         "pods",
         "get list patch",
         "k8s::leader_pod: the leader label",

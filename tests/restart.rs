@@ -13,12 +13,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cvi::{SUITE_LABEL, get, manifest, phase, recreate};
+use common::cvi::{get, manifest, phase, recreate};
+use common::daemon::{Daemon, Ports, Scratch, metric};
 use common::file_server::{Behavior, FileServer, write_random_file};
 use common::stored::read_back;
 use common::{TestEnv, curl_upload, testenv, wait_for};
@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 const UPLOAD_TOKEN_SHA256: &str = "imagecatalog.dev/upload-token-sha256";
 const RESTARTED: &str = "Restarted after the daemon restarted; fetching again from byte 0.";
+const RESUMED: &str = "Resumed from its checkpoint after the daemon restarted";
 
 /// The tests' daemons share one Lease: one test at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -35,116 +36,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Where a daemon listens; a restarted daemon uses the same addresses, as a restarted pod
-/// behind the same Service does.
-#[derive(Clone, Copy)]
-struct Ports {
-    metrics: u16,
-    upload: u16,
-}
-
-/// The controller binary under a shell that prints its pid and kills it when the pipe this
-/// process holds closes (the test ending, however it ends).
-struct Daemon {
-    shell: Child,
-    pid: String,
-}
-
-impl Daemon {
-    /// Runs the daemon as the ServiceAccount of deploy/rbac.yaml, for the images of `suite`.
-    fn start(env: &TestEnv, dir: &Path, suite: &str, ports: Ports, run: u32) -> Self {
-        let log = dir.join(format!("controller-{run}.log"));
-        let kubeconfig = env.daemon_kubeconfig(dir);
-        let Ports {
-            metrics: metrics_port,
-            upload,
-        } = ports;
-        let command = format!(
-            "'{bin}' controller --selector {SUITE_LABEL}={suite} --metrics-addr 127.0.0.1:{metrics_port} \
-             --max-concurrent-imports 4 --catalog-controller=false --verification=false \
-             --leader-election-lease-duration-seconds 8 --leader-election-renew-deadline-seconds 6 \
-             --leader-election-retry-period-seconds 2 \
-             --upload-addr 127.0.0.1:{upload} --upload-external-url http://127.0.0.1:{upload} \
-             --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc \
-             >'{log}' 2>&1 & pid=$!; echo $pid; read _; kill $pid 2>/dev/null",
-            bin = env!("CARGO_BIN_EXE_image-catalog"),
-            log = log.display(),
-        );
-        eprintln!("controller log: {}", log.display());
-        let mut shell = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .envs(&env.vars)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,image_catalog=debug")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the controller starts");
-        let mut pid = String::new();
-        BufReader::new(shell.stdout.take().unwrap())
-            .read_line(&mut pid)
-            .unwrap();
-        let pid = pid.trim().to_string();
-        assert!(
-            pid.parse::<u32>().is_ok(),
-            "the shell printed a pid: {pid:?}"
-        );
-        let daemon = Self { shell, pid };
-        wait_for(
-            "the daemon to serve metrics",
-            Duration::from_secs(60),
-            || metrics(ports.metrics).map(|_| ()),
-        );
-        daemon
-    }
-
-    /// SIGKILL: no shutdown, no clean-up, as when a node or a container dies.
-    fn kill(mut self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -KILL {}", self.pid);
-        // Dead (a zombie until the shell reaps it) means its sockets are closed.
-        let stat = format!("/proc/{}/stat", self.pid);
-        wait_for("the daemon to die", Duration::from_secs(30), || {
-            let dead = match std::fs::read_to_string(&stat) {
-                Err(_) => true,
-                Ok(stat) => stat
-                    .rsplit(')')
-                    .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
-            };
-            dead.then_some(())
-        });
-        drop(self.shell.stdin.take());
-        let _ = self.shell.wait();
-    }
-}
-
-/// A scratch directory for one test, kept (and named) when the test fails, for its logs.
-struct Scratch(Option<tempfile::TempDir>);
-
-impl Scratch {
-    fn new() -> Self {
-        Self(Some(tempfile::tempdir().unwrap()))
-    }
-    fn path(&self) -> &Path {
-        self.0.as_ref().unwrap().path()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(dir) = self.0.take()
-        {
-            eprintln!("kept {} for its logs", dir.keep().display());
-        }
-    }
 }
 
 /// Fails when a token shows in any daemon log under `dir`.
@@ -162,25 +53,6 @@ fn assert_not_logged(dir: &Path, tokens: &[&str]) {
             }
         }
     }
-}
-
-fn metrics(port: u16) -> Option<String> {
-    let output = Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8(output.stdout).unwrap())
-}
-
-fn metric(port: u16, name: &str) -> Option<f64> {
-    metrics(port)?
-        .lines()
-        .find(|line| line.split(' ').next() == Some(name))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 fn create(env: &TestEnv, suite: &str, name: &str, data_source: Value) {
@@ -270,6 +142,7 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
         "restart-waiting",
         serde_json::json!({"type": "Upload"}),
     );
+    let sessions_before = open_sessions(env, "cvi/restart-cut-upload");
     create(
         env,
         suite,
@@ -308,6 +181,10 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
         Duration::from_secs(60),
         || get(env, "restart-cut-upload").filter(|cvi| phase(cvi) == "Provisioning"),
     );
+    // Its checkpoint names the DVCR session, which the next daemon must cancel.
+    wait_for("the upload's checkpoint", Duration::from_secs(30), || {
+        checkpoint(env, &uid(&cut))
+    });
 
     first.kill();
     let _ = slow.kill();
@@ -332,6 +209,7 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
         },
     );
     assert_eq!(external_url(&cut), cut_url, "the URL is unchanged");
+    assert_nothing_left(env, "restart-cut-upload", &sessions_before);
     assert!(
         ready_message(&cut).contains("same URL"),
         "{}",
@@ -358,8 +236,165 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
     assert_not_logged(dir.path(), &[&token(&waiting_url), &token(&cut_url)]);
 }
 
+/// The import checkpoint of the image `uid`, as the daemon saved it in its Lease.
+fn checkpoint(env: &TestEnv, uid: &str) -> Option<Value> {
+    let output = env
+        .kubectl()
+        .args([
+            "-n",
+            "image-catalog",
+            "get",
+            "lease",
+            &format!("image-catalog-import-{uid}"),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return None;
+    }
+    let lease: Value = serde_json::from_slice(&output.stdout).ok()?;
+    serde_json::from_str(lease["metadata"]["annotations"]["imagecatalog.dev/checkpoint"].as_str()?)
+        .ok()
+}
+
+fn uid(cvi: &Value) -> String {
+    cvi["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+/// DVCR upload sessions open in `repository`, read from the registry's storage (the API has
+/// no list of them): the directories with a start time. (distribution leaves a stray hash
+/// state behind in the directory of every session it cancels; that is not a session.)
+fn open_sessions(env: &TestEnv, repository: &str) -> std::collections::BTreeSet<String> {
+    let dir = Path::new(env.var("TESTENV_DVCR_DATA"))
+        .join("docker/registry/v2/repositories")
+        .join(repository)
+        .join("_uploads");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.path().join("startedat").exists())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// After an import: nothing of it is left behind, neither its checkpoint nor a session
+/// beyond those open before the test (`before`, left by an earlier run of the suite).
+fn assert_nothing_left(env: &TestEnv, name: &str, before: &std::collections::BTreeSet<String>) {
+    let cvi = get(env, name).unwrap();
+    assert_eq!(
+        checkpoint(env, &uid(&cvi)),
+        None,
+        "the checkpoint is deleted"
+    );
+    let left: Vec<_> = open_sessions(env, &format!("cvi/{name}"))
+        .difference(before)
+        .cloned()
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "no DVCR upload session is left open"
+    );
+}
+
 #[test]
-fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
+fn an_http_import_cut_by_a_killed_daemon_goes_on_from_its_checkpoint() {
+    let _serial = one_at_a_time();
+    let env = testenv();
+    let suite = "restart-http";
+    let dir = Scratch::new();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let file = files.join("resume.raw");
+    write_random_file(&file, 8 << 20, 21);
+    let server = FileServer::start(&files);
+    // The first daemon's download pauses at 75%, until the test lets it go on.
+    server.set_behavior(
+        "/resume.raw",
+        Behavior::default().hold_after(6 << 20, u64::MAX),
+    );
+    let ports = Ports {
+        metrics: common::free_port(),
+        upload: common::free_port(),
+    };
+    let first = Daemon::start(env, dir.path(), suite, ports, 1);
+    let sessions_before = open_sessions(env, "cvi/resume-http");
+    create(
+        env,
+        suite,
+        "resume-http",
+        serde_json::json!({"type": "HTTP", "http": {"url": server.url("resume.raw")}}),
+    );
+    let cvi = wait_for("the download to reach 75%", Duration::from_secs(60), || {
+        get(env, "resume-http").filter(|cvi| progress(cvi).is_some_and(|p| p >= 75.0))
+    });
+    let saved = wait_for("a checkpoint at the pause", Duration::from_secs(30), || {
+        checkpoint(env, &uid(&cvi)).filter(|c| c["offset"].as_u64() == Some(6 << 20))
+    });
+    assert_eq!(saved["fileSize"], 8 << 20);
+    assert!(saved["source"]["etag"].is_string(), "{saved}");
+
+    first.kill();
+    let fetched_before = server.bytes_sent("/resume.raw");
+    // The new daemon's download pauses again, 1 MiB further: the status must say that it
+    // went on, and the progress must not go back.
+    server.set_behavior(
+        "/resume.raw",
+        Behavior::default().hold_after(1 << 20, u64::MAX),
+    );
+    let second = Daemon::start(env, dir.path(), suite, ports, 2);
+    let resumed = wait_for(
+        "the import to go on from its checkpoint",
+        Duration::from_secs(60),
+        || {
+            get(env, "resume-http").filter(|cvi| {
+                phase(cvi) == "Provisioning" && ready_message(cvi).starts_with(RESUMED)
+            })
+        },
+    );
+    assert!(
+        progress(&resumed).is_some_and(|p| p >= 75.0),
+        "{:?}: {}",
+        resumed["status"]["progress"],
+        ready_message(&resumed)
+    );
+    assert!(
+        ready_message(&resumed).contains("at 6Mi"),
+        "{}",
+        ready_message(&resumed)
+    );
+    let resume_request = server
+        .request_log()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == "/resume.raw")
+        .unwrap();
+    assert_eq!(resume_request.range.as_deref(), Some("bytes=6291456-"));
+    assert!(
+        resume_request.if_range.is_some(),
+        "the resume asks If-Range"
+    );
+
+    server.set_behavior("/resume.raw", Behavior::default());
+    server.release_held();
+    assert_ready_with(env, "resume-http", &file);
+    let fetched_again = server.bytes_sent("/resume.raw") - fetched_before;
+    assert_eq!(
+        fetched_again,
+        2 << 20,
+        "only the 2 MiB after the checkpoint are fetched again"
+    );
+    assert_nothing_left(env, "resume-http", &sessions_before);
+    drop(second);
+}
+
+#[test]
+fn an_http_import_without_a_validator_starts_over_after_a_kill_with_progress_from_zero() {
     let _serial = one_at_a_time();
     let env = testenv();
     let suite = "restart-http";
@@ -369,16 +404,16 @@ fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
     let file = files.join("restart.raw");
     write_random_file(&file, 8 << 20, 21);
     let server = FileServer::start(&files);
+    // No ETag, no Last-Modified: nothing proves that a later range is the same file.
+    let unvalidated = || Behavior::default().no_validators();
     // The first daemon's download pauses at 75%, until the test lets it go on.
-    server.set_behavior(
-        "/restart.raw",
-        Behavior::default().hold_after(6 << 20, u64::MAX),
-    );
+    server.set_behavior("/restart.raw", unvalidated().hold_after(6 << 20, u64::MAX));
     let ports = Ports {
         metrics: common::free_port(),
         upload: common::free_port(),
     };
     let first = Daemon::start(env, dir.path(), suite, ports, 1);
+    let sessions_before = open_sessions(env, "cvi/restart-http");
     create(
         env,
         suite,
@@ -392,10 +427,7 @@ fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
 
     first.kill();
     // The new daemon's download pauses at 25%: the status must say so, not stay at 75%.
-    server.set_behavior(
-        "/restart.raw",
-        Behavior::default().hold_after(2 << 20, u64::MAX),
-    );
+    server.set_behavior("/restart.raw", unvalidated().hold_after(2 << 20, u64::MAX));
     let second = Daemon::start(env, dir.path(), suite, ports, 2);
     let restarted = wait_for(
         "the progress to go back with the restart",
@@ -415,7 +447,7 @@ fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
         restarted["status"]["progress"]
     );
 
-    server.set_behavior("/restart.raw", Behavior::default());
+    server.set_behavior("/restart.raw", unvalidated());
     server.release_held();
     assert_ready_with(env, "restart-http", &file);
     let cvi = get(env, "restart-http").unwrap();
@@ -424,5 +456,76 @@ fn an_http_import_cut_by_a_killed_daemon_starts_over_with_progress_from_zero() {
         cvi["status"]["observedGeneration"],
         cvi["metadata"]["generation"]
     );
+    // The session the first daemon left is cancelled by the second.
+    assert_nothing_left(env, "restart-http", &sessions_before);
     drop(second);
+}
+
+/// A small deterministic generator, so that a failing run can be repeated with its seed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next_fraction(&mut self) -> f64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn three_kills_during_an_http_import_fetch_its_bytes_little_more_than_once() {
+    let _serial = one_at_a_time();
+    let env = testenv();
+    let suite = "restart-http";
+    let dir = Scratch::new();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let file = files.join("killed.raw");
+    let size: u64 = 96 << 20;
+    write_random_file(&file, size, 33);
+    let server = FileServer::start(&files);
+    // A server far away: 8 MiB/s, so that the kills land in the middle of the transfer.
+    server.set_behavior("/killed.raw", Behavior::default().rate(8 << 20));
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0x1dea_5eed_u64);
+    let mut random = Seeded(seed);
+    let mut kill_at: Vec<u64> = (0..3)
+        .map(|_| (size as f64 * (0.1 + 0.8 * random.next_fraction())) as u64)
+        .collect();
+    kill_at.sort_unstable();
+    eprintln!("seed {seed:#x}: kills after {kill_at:?} bytes fetched in all");
+    let ports = Ports {
+        metrics: common::free_port(),
+        upload: common::free_port(),
+    };
+    let mut daemon = Daemon::start(env, dir.path(), suite, ports, 1);
+    let sessions_before = open_sessions(env, "cvi/killed-http");
+    create(
+        env,
+        suite,
+        "killed-http",
+        serde_json::json!({"type": "HTTP", "http": {"url": server.url("killed.raw")}}),
+    );
+    for (run, at) in kill_at.iter().enumerate() {
+        wait_for(
+            &format!("{at} bytes fetched"),
+            Duration::from_secs(120),
+            || (server.bytes_sent("/killed.raw") >= *at).then_some(()),
+        );
+        daemon.kill();
+        daemon = Daemon::start(env, dir.path(), suite, ports, run as u32 + 2);
+    }
+    assert_ready_with(env, "killed-http", &file);
+    let fetched = server.bytes_sent("/killed.raw");
+    let ratio = fetched as f64 / size as f64;
+    eprintln!("three kills: fetched {fetched} bytes for a {size}-byte image, {ratio:.3}x its size");
+    // From byte 0 after each kill, three kills cost on average 1.5 times the image more;
+    // from the checkpoints, a second's worth of bytes each.
+    assert!(ratio < 1.5, "fetched {ratio:.3}x the image");
+    assert_nothing_left(env, "killed-http", &sessions_before);
+    drop(daemon);
 }

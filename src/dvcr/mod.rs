@@ -26,7 +26,7 @@ use url::Url;
 
 pub use error::DvcrError;
 pub use layout::{ImageLabels, ImageManifest, disk_file_name};
-pub use upload::DiskLayerUpload;
+pub use upload::{DiskLayerUpload, LayerSnapshot, SessionStatus};
 
 /// How long a small request (HEAD, config, manifest, DELETE) may take.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -462,21 +462,39 @@ impl Dvcr {
         repository: &str,
         image: &StoredImage,
     ) -> Result<DiskFileStream, DvcrError> {
+        self.disk_file_of_layer(repository, &image.layer, &image.file_name, image.file_size)
+            .await
+    }
+
+    /// The bytes of the disk file in `layer` (committed, tagged or not), as in
+    /// [`disk_file_stream`](Self::disk_file_stream).
+    pub async fn disk_file_of_layer(
+        &self,
+        repository: &str,
+        layer: &StoredLayer,
+        file_name: &str,
+        file_size: u64,
+    ) -> Result<DiskFileStream, DvcrError> {
         use oci_client::client::BlobResponse;
         check_repository(repository)?;
+        check_digest(&layer.digest)?;
         let reference = self.reference(repository, "latest");
-        let name = format!(
-            "{}/{repository}@{}",
-            self.inner.registry, image.layer.digest
-        );
+        let name = format!("{}/{repository}@{}", self.inner.registry, layer.digest);
+        // Blob reads use the credentials of an earlier manifest read; a layer not yet tagged
+        // (a resumed import's, read back before its tag) has none, so log in for it.
+        self.inner
+            .oci
+            .auth(&reference, &self.inner.oci_auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| DvcrError::from_oci("pull layer", e))?;
         let response = self
             .inner
             .oci
             .pull_blob_stream_partial(
                 &reference,
-                image.layer.digest.as_str(),
+                layer.digest.as_str(),
                 layout::HEADERS_LEN,
-                Some(image.file_size),
+                Some(file_size),
             )
             .await
             .map_err(|e| not_found_as(DvcrError::from_oci("pull layer", e), &name))?;
@@ -488,9 +506,9 @@ impl Dvcr {
         Ok(DiskFileStream {
             stream: sized.stream,
             skip,
-            remaining: image.file_size,
-            file_name: image.file_name.clone(),
-            file_size: image.file_size,
+            remaining: file_size,
+            file_name: file_name.to_string(),
+            file_size,
         })
     }
 

@@ -5,6 +5,14 @@
 //! digests) and the layer hash run on different threads, and a slow registry blocks `write()`
 //! instead of growing memory. `finish()` ends the body, then commits the blob with
 //! `PUT <location>&digest=`.
+//!
+//! An upload can outlive the process that started it: [`DiskLayerUpload::snapshot`] gives the
+//! layer hash state in stream order (for a checkpoint), [`DiskLayerUpload::detach`] ends the
+//! request without cancelling the session, and [`Dvcr::resume_disk_layer`] goes on with a
+//! session from its saved state. The registry may hold more bytes than the checkpoint covers
+//! (those sent after it): the caller sends them again, they are hashed and not sent twice.
+//! The registry checks the digest of its own bytes at the commit, so a resume that does not
+//! line up is refused there, never stored.
 
 use std::io;
 use std::time::Duration;
@@ -12,13 +20,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{Dvcr, DvcrError, StoredLayer, layout, location, response_error};
+use super::{Dvcr, DvcrError, StoredLayer, check_repository, layout, location, response_error};
 
 /// Chunks buffered between `write()` and the request: the memory bound is this many of the
 /// caller's chunks.
@@ -32,12 +41,24 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 type PatchTask = JoinHandle<Result<reqwest::Response, reqwest::Error>>;
 
+/// What the PATCH body task is handed, in order.
+enum Frame {
+    /// Bytes to hash and send.
+    Send(Bytes),
+    /// Bytes the registry already holds (sent before a restart): hashed, not sent again.
+    HashOnly(Bytes),
+    /// Asks for the layer hash state after every frame before this one.
+    Snapshot(oneshot::Sender<Vec<u8>>),
+}
+
 /// An upload in progress of the layer holding one disk file; see [`Dvcr::start_disk_layer`].
 ///
 /// Dropping it unfinished cancels the upload session in the background (inside a tokio
 /// runtime); [`DiskLayerUpload::abort`] does the same and waits for it.
 pub struct DiskLayerUpload {
     session: Option<Session>,
+    /// Dropping it leaves the session open: a checkpoint names it, for a later resume.
+    keep_on_drop: bool,
 }
 
 struct Session {
@@ -46,13 +67,18 @@ struct Session {
     /// The upload URL from the POST, `_state` included.
     location: Url,
     auth: Option<HeaderValue>,
-    sender: Option<mpsc::Sender<Bytes>>,
+    sender: Option<mpsc::Sender<Frame>>,
     request: Option<PatchTask>,
     /// `sha256:<hex>` of everything the body sent, once it has ended.
     digest: Option<oneshot::Receiver<String>>,
     file_size: u64,
     /// Disk file bytes accepted so far.
     written: u64,
+    /// Layer bytes handed to the body task so far (hashed).
+    layer_pos: u64,
+    /// Layer bytes the registry held when this process took the session over: those are
+    /// hashed only.
+    registry_has: u64,
     /// Set when a write failed or was cancelled mid-way: the stream is unusable.
     failed: Option<DvcrError>,
 }
@@ -79,9 +105,50 @@ impl DiskLayerUpload {
         file_name: &str,
         file_size: u64,
     ) -> Self {
-        let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let mut upload = Self::open(
+            dvcr,
+            repository,
+            location,
+            auth,
+            file_size,
+            Resumed::default(),
+        );
+        if let Some(session) = upload.session.as_mut() {
+            let headers = Bytes::copy_from_slice(&layout::disk_headers(file_name, file_size));
+            session.layer_pos = headers.len() as u64;
+            // The channel is empty and has room: try_send cannot be Full. Closed means the
+            // request already failed, which the first write() or finish() reports.
+            if let Some(sender) = &session.sender {
+                let _ = sender.try_send(Frame::Send(headers));
+            }
+        }
+        upload
+    }
+
+    /// Goes on with a session another process (or an earlier attempt) left: `resumed` says
+    /// where the saved layer hash state stands and what the registry already holds.
+    pub(super) fn resume(
+        dvcr: Dvcr,
+        repository: &str,
+        location: Url,
+        auth: Option<HeaderValue>,
+        file_size: u64,
+        resumed: Resumed,
+    ) -> Self {
+        Self::open(dvcr, repository, location, auth, file_size, resumed)
+    }
+
+    fn open(
+        dvcr: Dvcr,
+        repository: &str,
+        location: Url,
+        auth: Option<HeaderValue>,
+        file_size: u64,
+        resumed: Resumed,
+    ) -> Self {
+        let (sender, receiver) = mpsc::channel::<Frame>(CHANNEL_CHUNKS);
         let (digest_sender, digest) = oneshot::channel();
-        let body = hashing_body(receiver, digest_sender);
+        let body = hashing_body(receiver, digest_sender, resumed.hasher);
         // No Content-Length: the body is chunked, so closing it early (abort) still ends the
         // request cleanly and the registry answers with the state needed to cancel the session.
         let request = dvcr
@@ -93,13 +160,8 @@ impl DiskLayerUpload {
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body));
         let request = tokio::spawn(request.send());
-
-        let headers = Bytes::copy_from_slice(&layout::disk_headers(file_name, file_size));
-        // The channel is empty and has room: try_send cannot be Full. Closed means the request
-        // already failed, which the first write() or finish() reports.
-        let _ = sender.try_send(headers);
-
         Self {
+            keep_on_drop: false,
             session: Some(Session {
                 dvcr,
                 repository: repository.to_string(),
@@ -109,7 +171,9 @@ impl DiskLayerUpload {
                 request: Some(request),
                 digest: Some(digest),
                 file_size,
-                written: 0,
+                written: resumed.written,
+                layer_pos: layout::HEADERS_LEN + resumed.written,
+                registry_has: resumed.registry_has,
                 failed: None,
             }),
         }
@@ -144,9 +208,55 @@ impl DiskLayerUpload {
             "upload layer",
             "a write was cancelled mid-way",
         ));
-        let sent = session.send(chunk).await;
+        let sent = session.send_layer(chunk).await;
         session.failed = sent.as_ref().err().cloned();
         sent
+    }
+
+    /// The layer hash state once every byte written so far has been hashed, with the count
+    /// of disk file bytes it covers: what a checkpoint saves.
+    pub async fn snapshot(&mut self) -> Result<LayerSnapshot, DvcrError> {
+        let session = self.session.as_mut().ok_or_else(finished)?;
+        if let Some(error) = &session.failed {
+            return Err(error.clone());
+        }
+        let (reply, state) = oneshot::channel();
+        session.send(Frame::Snapshot(reply)).await?;
+        let state = state.await.map_err(|_| {
+            DvcrError::protocol("upload layer", "the layer body ended before its snapshot")
+        })?;
+        Ok(LayerSnapshot {
+            written: session.written,
+            layer_state: state,
+        })
+    }
+
+    /// The session's URL without its state token: what another process needs to go on with
+    /// it ([`Dvcr::resume_disk_layer`]).
+    pub fn session_url(&self) -> Option<Url> {
+        self.session.as_ref().map(|s| without_state(&s.location))
+    }
+
+    /// From now on, dropping the upload unfinished leaves its session open (a checkpoint names
+    /// it); `abort()` still cancels it.
+    pub fn keep_session_on_drop(&mut self) {
+        self.keep_on_drop = true;
+    }
+
+    /// Ends the request cleanly and leaves the session open in the registry, with the bytes
+    /// sent so far, for a later [`Dvcr::resume_disk_layer`] (a shutdown with a checkpoint).
+    pub async fn detach(mut self) {
+        if let Some(mut session) = self.session.take() {
+            session.sender = None;
+            if let Some(mut request) = session.request.take()
+                && tokio::time::timeout(ABORT_TIMEOUT, &mut request)
+                    .await
+                    .is_err()
+            {
+                request.abort();
+            }
+            debug!(repository = %session.repository, written = session.written, "DVCR upload left open for a resume");
+        }
     }
 
     /// Finishes the tar (padding, end blocks), checks that exactly the declared number of
@@ -178,6 +288,10 @@ impl DiskLayerUpload {
 
 impl Drop for DiskLayerUpload {
     fn drop(&mut self) {
+        if self.keep_on_drop {
+            // The body ends with the sender; the session stays for the resume.
+            return;
+        }
         if let Some(session) = self.session.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
@@ -195,13 +309,202 @@ fn finished() -> DvcrError {
     DvcrError::protocol("upload layer", "the upload is already finished")
 }
 
+/// What the registry holds of an open upload session.
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// Layer bytes received.
+    pub size: u64,
+    /// The session URL with a state token for `size`, for the next request.
+    pub location: Url,
+}
+
+impl Dvcr {
+    /// How many bytes the registry holds of the upload `session` (a URL from
+    /// [`DiskLayerUpload::session_url`]); `None` when it no longer knows the session.
+    pub async fn upload_status(
+        &self,
+        repository: &str,
+        session: &Url,
+    ) -> Result<Option<(SessionStatus, Option<HeaderValue>)>, DvcrError> {
+        check_session(self, session)?;
+        let (response, auth) = self
+            .send("upload status", repository, session, |http, url| {
+                http.get(url).timeout(ABORT_TIMEOUT)
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(response_error("upload status", response).await);
+        }
+        let size = response
+            .headers()
+            .get("Range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_upload_range)
+            .ok_or_else(|| DvcrError::protocol("upload status", "no usable Range header"))?;
+        let location = location(&response, "upload status")?;
+        Ok(Some((SessionStatus { size, location }, auth)))
+    }
+
+    /// Goes on with the upload `session` of a file of `file_size` bytes named as before, from
+    /// a saved layer hash state after `snapshot.written` bytes. `None` when the session is
+    /// gone or holds fewer bytes than the snapshot covers (it is cancelled then): the upload
+    /// must start over.
+    pub async fn resume_disk_layer(
+        &self,
+        repository: &str,
+        session: &Url,
+        file_size: u64,
+        snapshot: &LayerSnapshot,
+    ) -> Result<Option<(DiskLayerUpload, u64)>, DvcrError> {
+        check_repository(repository)?;
+        let Some(hasher) = layer_hasher(&snapshot.layer_state) else {
+            self.cancel_upload_session(repository, session).await;
+            return Ok(None);
+        };
+        let Some((status, auth)) = self.upload_status(repository, session).await? else {
+            return Ok(None);
+        };
+        let covered = layout::HEADERS_LEN + snapshot.written;
+        if snapshot.written > file_size
+            || status.size < covered
+            || status.size > layout::layer_size(file_size)
+        {
+            debug!(
+                repository,
+                held = status.size,
+                covered,
+                "the DVCR upload session does not fit its checkpoint; starting over"
+            );
+            self.cancel_upload_session(repository, session).await;
+            return Ok(None);
+        }
+        debug!(
+            repository,
+            held = status.size,
+            covered,
+            "DVCR upload resumed"
+        );
+        let upload = DiskLayerUpload::resume(
+            self.clone(),
+            repository,
+            status.location,
+            auth,
+            file_size,
+            Resumed {
+                hasher,
+                written: snapshot.written,
+                registry_has: status.size,
+            },
+        );
+        Ok(Some((upload, status.size)))
+    }
+
+    /// Cancels an upload session left open, from its URL without a state token (best effort:
+    /// the registry purges stale sessions itself).
+    pub async fn cancel_upload_session(&self, repository: &str, session: &Url) {
+        match self.upload_status(repository, session).await {
+            Ok(Some((status, auth))) => self.cancel_upload(&status.location, auth.as_ref()).await,
+            Ok(None) => {}
+            Err(error) => {
+                warn!(repository, %error, "cannot read a DVCR upload session to cancel it");
+            }
+        }
+    }
+}
+
+/// Upload sessions are the registry's own URLs: a saved one that points elsewhere is not
+/// followed (credentials never cross hosts, and a checkpoint is outside input).
+fn check_session(dvcr: &Dvcr, session: &Url) -> Result<(), DvcrError> {
+    if crate::net::same_origin(session, &dvcr.inner.base) {
+        Ok(())
+    } else {
+        Err(DvcrError::InvalidReference(
+            "an upload session on another host than DVCR".to_string(),
+        ))
+    }
+}
+
+/// The bytes an upload holds, from its `Range: 0-<last>` (distribution says `0-0` for none).
+fn parse_upload_range(value: &str) -> Option<u64> {
+    let (first, last) = value.trim().split_once('-')?;
+    if first != "0" {
+        return None;
+    }
+    let last: u64 = last.parse().ok()?;
+    Some(if last == 0 { 0 } else { last + 1 })
+}
+
+/// Where a resumed upload stands.
+pub(super) struct Resumed {
+    /// The layer hash after the two headers and `written` disk file bytes.
+    pub hasher: Sha256,
+    pub written: u64,
+    /// Layer bytes the registry holds (at least the headers and `written` bytes).
+    pub registry_has: u64,
+}
+
+impl Default for Resumed {
+    fn default() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            written: 0,
+            registry_has: 0,
+        }
+    }
+}
+
+/// The layer hash state after `written` bytes of the disk file (and the two headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSnapshot {
+    pub written: u64,
+    pub layer_state: Vec<u8>,
+}
+
+/// The layer hash as saved by [`DiskLayerUpload::snapshot`].
+pub(super) fn layer_hasher(state: &[u8]) -> Option<Sha256> {
+    let state = state.try_into().ok()?;
+    Sha256::deserialize(&state).ok()
+}
+
+/// `url` without the registry's `_state` query parameter (which goes stale with every request).
+pub(super) fn without_state(url: &Url) -> Url {
+    let mut bare = url.clone();
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(key, _)| key != "_state")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    bare.set_query(None);
+    if !kept.is_empty() {
+        bare.query_pairs_mut().extend_pairs(kept);
+    }
+    bare
+}
+
 impl Session {
-    /// Queues `chunk` for the request, waiting for room.
-    async fn send(&mut self, chunk: Bytes) -> Result<(), DvcrError> {
+    /// Queues layer bytes: what the registry already holds is hashed only, the rest is sent.
+    async fn send_layer(&mut self, mut chunk: Bytes) -> Result<(), DvcrError> {
+        let start = self.layer_pos;
+        self.layer_pos += chunk.len() as u64;
+        if start < self.registry_has {
+            let held = (self.registry_has - start).min(chunk.len() as u64) as usize;
+            self.send(Frame::HashOnly(chunk.split_to(held))).await?;
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.send(Frame::Send(chunk)).await
+    }
+
+    /// Queues `frame` for the request, waiting for room.
+    async fn send(&mut self, frame: Frame) -> Result<(), DvcrError> {
         let Some(sender) = &self.sender else {
             return Err(finished());
         };
-        match tokio::time::timeout(STALL_TIMEOUT, sender.send(chunk)).await {
+        match tokio::time::timeout(STALL_TIMEOUT, sender.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             // The request ended before its body did: its outcome says why.
             Ok(Err(_)) => Err(self.early_end().await),
@@ -245,7 +548,7 @@ impl Session {
             });
         }
         let trailer = Bytes::from(layout::trailer(self.file_size));
-        self.send(trailer).await?;
+        self.send_layer(trailer).await?;
         // Ends the body.
         self.sender = None;
 
@@ -371,28 +674,73 @@ impl Session {
     }
 }
 
-/// The PATCH body: the chunks from `receiver`, hashed on the way; the digest goes to
-/// `digest` when the channel closes (the body's normal end).
+/// The PATCH body: the bytes from `receiver`, hashed on the way (starting from `hasher`); the
+/// digest goes to `digest` when the channel closes (the body's normal end).
 fn hashing_body(
-    mut receiver: mpsc::Receiver<Bytes>,
+    mut receiver: mpsc::Receiver<Frame>,
     digest: oneshot::Sender<String>,
+    hasher: Sha256,
 ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let mut hasher = Some(Sha256::new());
+    let mut hasher = Some(hasher);
     let mut digest = Some(digest);
-    futures::stream::poll_fn(move |cx| match receiver.poll_recv(cx) {
-        std::task::Poll::Ready(Some(chunk)) => {
-            if let Some(hasher) = hasher.as_mut() {
-                hasher.update(&chunk);
-            }
-            std::task::Poll::Ready(Some(Ok(chunk)))
+    futures::stream::poll_fn(move |cx| {
+        loop {
+            return match receiver.poll_recv(cx) {
+                std::task::Poll::Ready(Some(Frame::Send(chunk))) => {
+                    if let Some(hasher) = hasher.as_mut() {
+                        hasher.update(&chunk);
+                    }
+                    std::task::Poll::Ready(Some(Ok(chunk)))
+                }
+                std::task::Poll::Ready(Some(Frame::HashOnly(chunk))) => {
+                    if let Some(hasher) = hasher.as_mut() {
+                        hasher.update(&chunk);
+                    }
+                    continue;
+                }
+                std::task::Poll::Ready(Some(Frame::Snapshot(reply))) => {
+                    if let Some(hasher) = hasher.as_ref() {
+                        // Nobody waits for it when the snapshot's caller gave up.
+                        let _ = reply.send(hasher.serialize().to_vec());
+                    }
+                    continue;
+                }
+                std::task::Poll::Ready(None) => {
+                    if let (Some(hasher), Some(digest)) = (hasher.take(), digest.take()) {
+                        // Nobody waits for it after an abort.
+                        let _ = digest.send(format!("sha256:{}", hex::encode(hasher.finalize())));
+                    }
+                    std::task::Poll::Ready(None)
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            };
         }
-        std::task::Poll::Ready(None) => {
-            if let (Some(hasher), Some(digest)) = (hasher.take(), digest.take()) {
-                // Nobody waits for it after an abort.
-                let _ = digest.send(format!("sha256:{}", hex::encode(hasher.finalize())));
-            }
-            std::task::Poll::Ready(None)
-        }
-        std::task::Poll::Pending => std::task::Poll::Pending,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_range_tells_the_bytes_held() {
+        assert_eq!(parse_upload_range("0-0"), Some(0));
+        assert_eq!(parse_upload_range("0-1023"), Some(1024));
+        assert_eq!(parse_upload_range("5-9"), None);
+        assert_eq!(parse_upload_range("bytes"), None);
+    }
+
+    #[test]
+    fn the_state_token_is_dropped_from_a_session_url_and_nothing_else() {
+        let url = Url::parse("https://dvcr/v2/cvi/a/blobs/uploads/u-1?_state=abc&x=1").unwrap();
+        assert_eq!(
+            without_state(&url).as_str(),
+            "https://dvcr/v2/cvi/a/blobs/uploads/u-1?x=1"
+        );
+        let url = Url::parse("https://dvcr/v2/cvi/a/blobs/uploads/u-1?_state=abc").unwrap();
+        assert_eq!(
+            without_state(&url).as_str(),
+            "https://dvcr/v2/cvi/a/blobs/uploads/u-1"
+        );
+    }
 }

@@ -28,15 +28,17 @@ use crate::import::pipeline::{
     ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
 };
 use crate::import::progress::speed;
+use crate::import::resume::{self, ImportCheckpoints};
 use crate::import::source::container_image::{ContainerDisk, RegistryCredentials, registry_host};
 use crate::import::source::http::{HttpSourceOptions, redact_url};
 use crate::import::source::upload::{
     TokenDigest, UploadGate, UploadOutcome, UploadTicket, UploadToken, published_token, upload_url,
 };
 use crate::import::status::{
-    ImportState, Problem, StoredImage, Transfer, UPLOAD_INTERRUPTED_MESSAGE,
+    AfterRestart, ImportState, Problem, StoredImage, Transfer, UPLOAD_INTERRUPTED_MESSAGE,
     interrupted_by_restart, next_status, starting_point,
 };
+use crate::k8s::checkpoints::CheckpointStore;
 use crate::k8s::cvi_status::{CviStatusStore, Target, WriteError};
 use crate::k8s::secrets::{self, SecretError, SecretReader};
 use crate::metrics::Metrics;
@@ -70,6 +72,10 @@ pub struct ControllerSettings {
     pub upload_external_base: Option<String>,
     /// Base of the upload URL reachable inside the cluster (the daemon's Service).
     pub upload_in_cluster_base: String,
+    /// How often a running import saves a checkpoint to go on from after a restart.
+    pub checkpoint_interval: Duration,
+    /// This replica, as the holder of the checkpoint Leases it writes.
+    pub identity: String,
 }
 
 /// Everything a reconcile needs, shared.
@@ -84,6 +90,7 @@ pub struct Context {
     uploads: Arc<UploadGate>,
     statuses: CviStatusStore,
     secrets: SecretReader,
+    checkpoints: CheckpointStore,
 }
 
 struct TrackedImport {
@@ -137,6 +144,11 @@ impl Context {
                 settings.pull_secret_namespaces.iter().cloned(),
             ),
             slots: Arc::new(Semaphore::new(settings.max_concurrent_imports.max(1))),
+            checkpoints: CheckpointStore::new(
+                client.clone(),
+                &settings.namespace,
+                settings.identity.clone(),
+            ),
             client,
             dvcr,
             settings,
@@ -221,6 +233,16 @@ impl Context {
 /// Runs the controller until the process ends (or its task is aborted: the daemon owns the
 /// signals and leadership, and stops the controller before it gives the lease up).
 pub async fn run(ctx: Arc<Context>) {
+    if let Err(error) = resume::sweep(
+        &ctx.client,
+        &ctx.checkpoints,
+        &ctx.dvcr,
+        ctx.settings.selector.as_deref(),
+    )
+    .await
+    {
+        tracing::warn!(%error, "cannot sweep the checkpoints of imports that ended; the next leader tries again");
+    }
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
     let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = &ctx.settings.selector {
@@ -299,6 +321,7 @@ async fn cleanup(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Act
         // image after the deletion below.
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
+    resume::discard(&ctx.checkpoints, &ctx.dvcr, &uid).await;
     let previous = cvi.status.clone().unwrap_or_default();
     let generation = cvi.metadata.generation.unwrap_or_default();
     let terminating = next_status(&previous, generation, &ImportState::Terminating, &now());
@@ -400,12 +423,37 @@ async fn run_import(
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
 ) -> Result<StoredImage, ImportError> {
-    let source = &cvi.spec.data_source;
+    // Every import saves checkpoints: a source that can be opened at an offset goes on from
+    // them after a restart, and for the others they name the upload session to cancel.
+    let checkpoints = ImportCheckpoints::open(
+        &ctx.checkpoints,
+        &ctx.dvcr,
+        cvi,
+        writer.generation,
+        ctx.settings.checkpoint_interval,
+        // Only an HTTP source can be opened again at an offset.
+        cvi.spec.data_source.type_ == DataSourceType::Http,
+    )
+    .await;
     let request = ImportRequest {
         repository: repository(cvi),
         tag: cvi.uid().unwrap_or_default(),
         checksum: None,
+        checkpointing: Some(checkpoints.checkpointing.clone()),
     };
+    let outcome = import_source(ctx, cvi, writer, cancel, request).await;
+    checkpoints.end(&outcome).await;
+    outcome
+}
+
+async fn import_source(
+    ctx: &Context,
+    cvi: &ClusterVirtualImage,
+    writer: &mut StatusWriter,
+    cancel: &CancellationToken,
+    request: ImportRequest,
+) -> Result<StoredImage, ImportError> {
+    let source = &cvi.spec.data_source;
     match (
         source.type_,
         &source.http,
@@ -468,7 +516,7 @@ async fn run_import(
                         request,
                         &progress,
                         cancel,
-                        || {
+                        |_| {
                             ContainerDisk::open(
                                 &image.image,
                                 ca_bundle.as_deref(),
@@ -1006,19 +1054,24 @@ impl StatusWriter {
 
     async fn write_transfer(&mut self, progress: &LiveProgress, problem: Option<Problem>) {
         let now = Instant::now();
-        let received = progress.received();
+        // Speeds count what this transfer fetched, not what a resumed one had already.
+        let fetched = progress.fetched();
         let (sampled_at, sampled_bytes) = self.last_sample;
-        self.last_sample = (now, received);
+        self.last_sample = (now, fetched);
         let transfer = Transfer {
-            received,
+            received: progress.received(),
             total: progress.total(),
             speed: speed(
-                received,
+                fetched,
                 now - self.transfer_started,
-                received.saturating_sub(sampled_bytes),
+                fetched.saturating_sub(sampled_bytes),
                 now - sampled_at,
             ),
-            restarted: self.restarted,
+            after_restart: match (self.restarted, progress.resumed_at()) {
+                (false, _) => AfterRestart::No,
+                (true, Some(offset)) => AfterRestart::ResumedAt(offset),
+                (true, None) => AfterRestart::FromZero,
+            },
         };
         let state = match problem {
             Some(problem) => ImportState::Retrying { transfer, problem },

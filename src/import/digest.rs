@@ -1,6 +1,7 @@
 //! Checksums of the received file, and their comparison with the spec. The comparison is pure.
 
 use md5::Md5;
+use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest, Sha256};
 
 use crate::api::Checksum;
@@ -26,6 +27,27 @@ impl<D: Digest> Hasher<D> {
         hex::encode(self.0.finalize())
     }
 }
+
+impl<D: SerializableState> Hasher<D> {
+    /// The state after the bytes so far, to go on from later (a checkpoint): a few dozen
+    /// bytes, whatever the input's length.
+    pub fn state(&self) -> Vec<u8> {
+        self.0.serialize().to_vec()
+    }
+
+    /// The hasher as it was when [`state`](Self::state) was taken.
+    pub fn from_state(state: &[u8]) -> Result<Self, InvalidHashState> {
+        let state = state.try_into().map_err(|_| InvalidHashState)?;
+        D::deserialize(&state)
+            .map(Self)
+            .map_err(|_| InvalidHashState)
+    }
+}
+
+/// Bytes that are not a saved hash state of this algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a saved hash state")]
+pub struct InvalidHashState;
 
 pub type Sha256Hasher = Hasher<Sha256>;
 pub type Md5Hasher = Hasher<Md5>;
@@ -95,6 +117,28 @@ mod tests {
         assert_eq!(
             digests.md5.as_deref(),
             Some("900150983cd24fb0d6963f7d28e17f72")
+        );
+    }
+
+    #[test]
+    fn a_hash_goes_on_from_its_saved_state_as_if_never_stopped() {
+        let mut sha = Sha256Hasher::default();
+        let mut md5 = Md5Hasher::default();
+        // 100 bytes: the saved state holds a partly filled block.
+        sha.update(&[7u8; 100]);
+        md5.update(&[7u8; 100]);
+        let mut sha = Sha256Hasher::from_state(&sha.state()).unwrap();
+        let mut md5 = Md5Hasher::from_state(&md5.state()).unwrap();
+        sha.update(b"abc");
+        md5.update(b"abc");
+        let mut whole = [7u8; 103];
+        whole[100..].copy_from_slice(b"abc");
+        let expected = digests_of(&whole);
+        assert_eq!(sha.finish(), expected.sha256);
+        assert_eq!(Some(md5.finish()), expected.md5);
+        assert_eq!(
+            Sha256Hasher::from_state(&[0; 3]).err(),
+            Some(InvalidHashState)
         );
     }
 

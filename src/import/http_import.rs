@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HttpSource;
 use crate::dvcr::Dvcr;
+use crate::import::checkpoint::SourceValidator;
 use crate::import::pipeline::{
     self, ByteSource, ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
 };
@@ -22,6 +23,9 @@ impl ByteSource for HttpDownload {
     }
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
         HttpDownload::next_chunk(self).await
+    }
+    fn validator(&self) -> Option<SourceValidator> {
+        HttpDownload::validator(self)
     }
 }
 
@@ -40,8 +44,18 @@ pub async fn import(
         .as_deref()
         .map(decode_ca_bundle)
         .transpose()?;
-    pipeline::store_restarting(dvcr, settings, request, progress, cancel, || {
-        HttpDownload::open(&source.url, ca_bundle.as_deref(), options.clone())
+    pipeline::store_restarting(dvcr, settings, request, progress, cancel, |at| {
+        let ca_bundle = ca_bundle.clone();
+        async move {
+            match at {
+                Some(at) => {
+                    HttpDownload::open_at(&source.url, ca_bundle.as_deref(), options.clone(), &at)
+                }
+                None => {
+                    HttpDownload::open(&source.url, ca_bundle.as_deref(), options.clone()).await
+                }
+            }
+        }
     })
     .await
 }

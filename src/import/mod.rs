@@ -1,6 +1,7 @@
 //! The CVI controller and the one-pass import pipeline: a source produces a byte stream; the
 //! stages meter, hash, inspect and store it in DVCR in the same pass.
 
+pub mod checkpoint;
 pub mod controller;
 pub mod decide;
 pub mod digest;
@@ -10,6 +11,7 @@ pub mod object_ref;
 pub mod pace;
 pub mod pipeline;
 pub mod progress;
+pub mod resume;
 pub mod source;
 pub mod spool;
 pub mod status;

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Checksum;
-use crate::dvcr::{DiskLayerUpload, Dvcr, DvcrError, ImageLabels, StoredLayer};
+use crate::dvcr::{DiskLayerUpload, Dvcr, DvcrError, ImageLabels, LayerSnapshot, StoredLayer};
+use crate::import::checkpoint::{self, Checkpoint, HashStates, ImportKey, Resume, SourceValidator};
 use crate::import::digest::{self, ChecksumMismatch, FileDigests, Md5Hasher, Sha256Hasher};
 use crate::import::inspect::{ImageInfo, InspectError, InspectLimits, Inspector};
 use crate::import::pace::{Pace, PaceWatch, TooSlow};
@@ -38,6 +39,32 @@ pub trait ByteSource: Send {
     fn content_length(&self) -> Option<u64>;
     /// The next bytes, in order; `None` at the end.
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, SourceError>> + Send;
+    /// What the source must still answer for a later process to open it again at an offset
+    /// and get the same file ([`ResumeAt`]); `None` when it cannot be opened so.
+    fn validator(&self) -> Option<SourceValidator> {
+        None
+    }
+}
+
+/// Where a source opened again must start: the bytes before `offset` are already imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeAt {
+    pub offset: u64,
+    pub file_name: String,
+    pub file_size: u64,
+    pub validator: SourceValidator,
+}
+
+/// Saving checkpoints while an import runs, and going on from the last one.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    pub key: ImportKey,
+    /// The newest checkpoint: the one found at the start (an earlier run's), then each one
+    /// this run confirms; `None` once there is none to go on from. The caller mirrors it
+    /// where any replica can read it.
+    pub latest: tokio::sync::watch::Sender<Option<Checkpoint>>,
+    /// How often to save one.
+    pub interval: std::time::Duration,
 }
 
 /// Counters the status writer samples while the import runs.
@@ -46,6 +73,8 @@ pub struct LiveProgress {
     received: AtomicU64,
     /// The announced size plus one; zero while unknown.
     total_plus_one: AtomicU64,
+    /// The byte a resumed transfer went on from, plus one; zero for a fresh one.
+    resumed_at_plus_one: AtomicU64,
 }
 
 impl LiveProgress {
@@ -55,7 +84,19 @@ impl LiveProgress {
     pub fn total(&self) -> Option<u64> {
         self.total_plus_one.load(Ordering::Relaxed).checked_sub(1)
     }
+    /// Where a resumed transfer went on from its checkpoint.
+    pub fn resumed_at(&self) -> Option<u64> {
+        self.resumed_at_plus_one
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+    }
+    /// Bytes fetched by this transfer (a resumed one had the rest already).
+    pub fn fetched(&self) -> u64 {
+        self.received()
+            .saturating_sub(self.resumed_at().unwrap_or(0))
+    }
     fn start(&self, total: Option<u64>) {
+        self.resumed_at_plus_one.store(0, Ordering::Relaxed);
         self.received.store(0, Ordering::Relaxed);
         self.total_plus_one
             .store(total.map_or(0, |t| t.saturating_add(1)), Ordering::Relaxed);
@@ -63,14 +104,22 @@ impl LiveProgress {
     fn add(&self, bytes: u64) {
         self.received.fetch_add(bytes, Ordering::Relaxed);
     }
+    fn resume(&self, total: u64, done: u64) {
+        self.start(Some(total));
+        self.received.store(done, Ordering::Relaxed);
+        self.resumed_at_plus_one
+            .store(done.saturating_add(1), Ordering::Relaxed);
+    }
 }
 
-/// Where the image goes and what the bytes must match.
+/// Where the image goes, what the bytes must match, and whether the import saves checkpoints
+/// to go on from after a restart.
 #[derive(Debug, Clone)]
 pub struct ImportRequest {
     pub repository: String,
     pub tag: String,
     pub checksum: Option<Checksum>,
+    pub checkpointing: Option<Checkpointing>,
 }
 
 /// Settings shared by every import.
@@ -195,29 +244,131 @@ pub async fn store(
     dvcr: &Dvcr,
     settings: &PipelineSettings,
     request: &ImportRequest,
-    mut source: impl ByteSource,
+    source: impl ByteSource,
     progress: &LiveProgress,
     cancel: &CancellationToken,
 ) -> Result<StoredImport, ImportError> {
-    let file_name = crate::dvcr::layout::disk_file_name(&source.file_name());
-    let announced = source.content_length();
-    progress.start(announced);
-    let want_md5 = request.checksum.as_ref().is_some_and(|c| c.md5.is_some());
-    let mut stages = Stages::start(want_md5, settings.inspect.clone());
+    if let Some(checkpointing) = &request.checkpointing {
+        // This source cannot go on from a checkpoint: one an earlier run left only names an
+        // upload session to cancel.
+        if let Some(found) = checkpointing.latest.send_replace(None)
+            && found.repository == request.repository
+            && let Ok(session) = url::Url::parse(&found.session)
+        {
+            dvcr.cancel_upload_session(&found.repository, &session)
+                .await;
+        }
+    }
+    store_from(
+        dvcr,
+        settings,
+        request,
+        source,
+        Start::Fresh,
+        progress,
+        cancel,
+    )
+    .await
+}
 
-    let mut sink = match announced {
-        Some(size) => Sink::Upload(Box::new(
-            dvcr.start_disk_layer(&request.repository, &file_name, size)
-                .await?,
-        )),
-        None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
+/// Where one attempt of an import starts.
+enum Start {
+    Fresh,
+    /// Goes on with an upload session, from the checkpoint's hash states.
+    Resumed(Box<Resumed>),
+}
+
+struct Resumed {
+    upload: DiskLayerUpload,
+    checkpoint: Checkpoint,
+    sha256: Sha256Hasher,
+    md5: Option<Md5Hasher>,
+}
+
+async fn store_from(
+    dvcr: &Dvcr,
+    settings: &PipelineSettings,
+    request: &ImportRequest,
+    mut source: impl ByteSource,
+    start: Start,
+    progress: &LiveProgress,
+    cancel: &CancellationToken,
+) -> Result<StoredImport, ImportError> {
+    let want_md5 = request.checksum.as_ref().is_some_and(|c| c.md5.is_some());
+    let (file_name, announced, mut stages, mut sink, resumed) = match start {
+        Start::Fresh => {
+            let file_name = crate::dvcr::layout::disk_file_name(&source.file_name());
+            let announced = source.content_length();
+            progress.start(announced);
+            let stages = Stages::start(want_md5, Some(settings.inspect.clone()), None);
+            let sink = match announced {
+                Some(size) => Sink::Upload(Box::new(
+                    dvcr.start_disk_layer(&request.repository, &file_name, size)
+                        .await?,
+                )),
+                None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
+            };
+            (file_name, announced, stages, sink, false)
+        }
+        Start::Resumed(resumed) => {
+            let Resumed {
+                upload,
+                checkpoint,
+                sha256,
+                md5,
+            } = *resumed;
+            progress.resume(checkpoint.file_size, checkpoint.offset);
+            // The inspection needs the file from its first byte: it reads the stored layer
+            // back once it is complete instead.
+            let stages = Stages::start(want_md5, None, Some((sha256, md5)));
+            (
+                checkpoint.file_name,
+                Some(checkpoint.file_size),
+                stages,
+                Sink::Upload(Box::new(upload)),
+                true,
+            )
+        }
     };
+    let mut checkpoints = match (&sink, &request.checkpointing, source.validator()) {
+        (Sink::Upload(upload), Some(checkpointing), validator) => upload_checkpoints(
+            dvcr,
+            request,
+            checkpointing,
+            upload,
+            &file_name,
+            announced,
+            validator,
+        ),
+        _ => None,
+    };
+    if let (Some(_), Sink::Upload(upload)) = (&checkpoints, &mut sink) {
+        // Another run goes on with the session: it must outlive this one.
+        upload.keep_session_on_drop();
+    }
     let pace = PaceWatch::start(settings.pace, tokio::time::Instant::now());
-    let pumped = pump(&mut source, &mut stages, &mut sink, progress, pace, cancel).await;
+    let pumped = pump(
+        &mut source,
+        &mut stages,
+        &mut sink,
+        checkpoints.as_mut(),
+        progress,
+        pace,
+        cancel,
+    )
+    .await;
     let received = match pumped {
         Ok(received) => received,
         Err(error) => {
-            sink.abort().await;
+            // The session stays for the next attempt (after a transient failure) or the next
+            // daemon (cancelled: the daemon is stopping) to go on from the checkpoint.
+            let keep = checkpoints.as_ref().is_some_and(|c| c.saved_any())
+                && (matches!(error, ImportError::Cancelled) || error.is_transient());
+            if keep {
+                sink.detach().await;
+            } else {
+                sink.abort().await;
+            }
             return Err(match error {
                 // A stage that refused the image explains the failure better than the closed
                 // channel that surfaced it.
@@ -226,6 +377,11 @@ pub async fn store(
             });
         }
     };
+    if let Some(checkpoints) = checkpoints {
+        // No DVCR request of a checkpoint may cross the commit (a status read of a session
+        // that is being committed leaves a stray entry in the registry).
+        checkpoints.settle().await;
+    }
     let checked = stages.finish().await.and_then(|(digests, info)| {
         digest::verify(request.checksum.as_ref(), &digests)?;
         Ok((digests, info))
@@ -238,11 +394,34 @@ pub async fn store(
         }
     };
     let layer = match sink {
-        Sink::Upload(upload) => (*upload).finish().await?,
+        Sink::Upload(upload) => match (*upload).finish().await {
+            Ok(layer) => layer,
+            // DVCR refused what it holds (the digest of its bytes, or the session): the
+            // checkpoint did not line up, and trying it again would not help.
+            Err(error @ DvcrError::Rejected { .. }) if resumed => {
+                return Err(resume_refused(&error).into());
+            }
+            Err(error) => return Err(error.into()),
+        },
         Sink::Spool(spool) => {
             spool
                 .upload(dvcr, &request.repository, &file_name, received, cancel)
                 .await?
+        }
+    };
+    let info = match info {
+        Some(info) => info,
+        None => {
+            inspect_stored(
+                dvcr,
+                &request.repository,
+                &layer,
+                &file_name,
+                received,
+                &settings.inspect,
+                cancel,
+            )
+            .await?
         }
     };
     let labels = ImageLabels {
@@ -265,33 +444,106 @@ pub async fn store(
     })
 }
 
+/// DVCR refused to commit a resumed layer: its bytes and the checkpoint's hash states did not
+/// line up (the registry checks the digest of what it holds). Nothing was stored; the import
+/// starts over.
+fn resume_refused(error: &DvcrError) -> SourceError {
+    SourceError::restart(
+        crate::import::source::reason::SOURCE_CHANGED,
+        format!(
+            "DVCR refused the layer continued from the checkpoint ({error}); the import starts over from byte 0"
+        ),
+    )
+}
+
+/// The inspection of a resumed import: the stored layer's disk file, read back from DVCR
+/// (the source is not fetched again), before the image is tagged.
+async fn inspect_stored(
+    dvcr: &Dvcr,
+    repository: &str,
+    layer: &StoredLayer,
+    file_name: &str,
+    file_size: u64,
+    limits: &InspectLimits,
+    cancel: &CancellationToken,
+) -> Result<ImageInfo, ImportError> {
+    let mut stored = dvcr
+        .disk_file_of_layer(repository, layer, file_name, file_size)
+        .await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
+    let limits = limits.clone();
+    let check = stage_thread("import-inspect", move || {
+        let mut inspector = Inspector::new(limits);
+        while let Some(chunk) = rx.blocking_recv() {
+            inspector.update(&chunk)?;
+        }
+        inspector.finish()
+    });
+    loop {
+        let chunk = tokio::select! {
+            _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+            chunk = stored.next_chunk() => chunk?,
+        };
+        let Some(chunk) = chunk else { break };
+        if tx.send(chunk).await.is_err() {
+            // The inspection refused the image: its result says why.
+            break;
+        }
+    }
+    drop(tx);
+    check
+        .await
+        .map_err(|_| ImportError::Stage("the inspection ended without a result".into()))?
+        .map_err(ImportError::from)
+}
+
 /// How often one import may start over (a file that changed under its URL, a layer whose
 /// bytes did not match its digest) before it gives up.
 const MAX_RESTARTS: u32 = 3;
 
-/// `store` with a source that may ask to start over: `open` makes a fresh source, and the
-/// import starts again with fresh hash state and a fresh upload.
+/// `store` with a source that may ask to start over: `open` makes a fresh source (`None`) or
+/// one that starts at an offset, and the import starts again with fresh hash state and a
+/// fresh upload. With the request's checkpointing, the import goes on from its latest
+/// checkpoint when it can, and saves new ones as it runs.
 pub async fn store_restarting<S, Fut>(
     dvcr: &Dvcr,
     settings: &PipelineSettings,
     request: &ImportRequest,
     progress: &LiveProgress,
     cancel: &CancellationToken,
-    mut open: impl FnMut() -> Fut,
+    mut open: impl FnMut(Option<ResumeAt>) -> Fut,
 ) -> Result<StoredImport, ImportError>
 where
     S: ByteSource,
     Fut: Future<Output = Result<S, SourceError>>,
 {
+    let checkpointing = request.checkpointing.as_ref();
     let mut restarts = 0;
     loop {
+        let start = match checkpointing {
+            Some(checkpointing) => prepare_resume(dvcr, request, checkpointing).await?,
+            None => Start::Fresh,
+        };
+        let at = match &start {
+            Start::Fresh => None,
+            Start::Resumed(resumed) => Some(ResumeAt {
+                offset: resumed.checkpoint.offset,
+                file_name: resumed.checkpoint.file_name.clone(),
+                file_size: resumed.checkpoint.file_size,
+                validator: resumed.checkpoint.source.clone().unwrap_or_default(),
+            }),
+        };
         let source = tokio::select! {
             _ = cancel.cancelled() => return Err(ImportError::Cancelled),
-            source = open() => source?,
+            source = open(at) => source?,
         };
-        match store(dvcr, settings, request, source, progress, cancel).await {
+        match store_from(dvcr, settings, request, source, start, progress, cancel).await {
             Err(error) if error.needs_restart() && restarts < MAX_RESTARTS => {
                 restarts += 1;
+                if let Some(checkpointing) = checkpointing {
+                    // What it saved belongs to bytes that are thrown away.
+                    checkpointing.latest.send_replace(None);
+                }
                 tracing::info!(
                     restarts,
                     reason = error.reason(),
@@ -303,30 +555,282 @@ where
     }
 }
 
+/// Turns the latest checkpoint into a start: resumed when it fits the import and DVCR still
+/// holds its session, else fresh (its session cancelled).
+async fn prepare_resume(
+    dvcr: &Dvcr,
+    request: &ImportRequest,
+    checkpointing: &Checkpointing,
+) -> Result<Start, ImportError> {
+    let Some(found) = checkpointing.latest.borrow().clone() else {
+        return Ok(Start::Fresh);
+    };
+    let want_md5 = request.checksum.as_ref().is_some_and(|c| c.md5.is_some());
+    let session = url::Url::parse(&found.session).ok();
+    let discard = |why: &'static str| {
+        tracing::info!(repository = %request.repository, why, "not resuming from the checkpoint; starting from byte 0");
+        checkpointing.latest.send_replace(None);
+    };
+    let (checkpoint, states) =
+        match checkpoint::decide(&found, &checkpointing.key, &request.repository, want_md5) {
+            Resume::From(checkpoint, states) => (checkpoint, states),
+            Resume::Discard(why) => {
+                if let Some(session) = &session
+                    && found.repository == request.repository
+                {
+                    dvcr.cancel_upload_session(&found.repository, session).await;
+                }
+                discard(why);
+                return Ok(Start::Fresh);
+            }
+        };
+    let Some(session) = session else {
+        discard("its upload session is not a URL");
+        return Ok(Start::Fresh);
+    };
+    let HashStates {
+        sha256,
+        md5,
+        layer_sha256,
+    } = states;
+    let hashers = (
+        Sha256Hasher::from_state(&sha256),
+        md5.as_deref().map(Md5Hasher::from_state).transpose(),
+    );
+    let (Ok(sha256), Ok(md5)) = hashers else {
+        dvcr.cancel_upload_session(&request.repository, &session)
+            .await;
+        discard("its hash states are not valid");
+        return Ok(Start::Fresh);
+    };
+    let snapshot = LayerSnapshot {
+        written: checkpoint.offset,
+        layer_state: layer_sha256,
+    };
+    match dvcr
+        .resume_disk_layer(
+            &request.repository,
+            &session,
+            checkpoint.file_size,
+            &snapshot,
+        )
+        .await?
+    {
+        Some((upload, held)) => {
+            tracing::info!(
+                repository = %request.repository,
+                from = checkpoint.offset,
+                dvcr_holds = held.saturating_sub(crate::dvcr::layout::HEADERS_LEN),
+                "resuming the import from its checkpoint"
+            );
+            Ok(Start::Resumed(Box::new(Resumed {
+                upload,
+                checkpoint: *checkpoint,
+                sha256,
+                md5,
+            })))
+        }
+        None => {
+            discard("DVCR no longer holds its upload session, or holds fewer bytes");
+            Ok(Start::Fresh)
+        }
+    }
+}
+
+/// Saves checkpoints of an upload straight into DVCR: every `interval`, the hash states in
+/// stream order, published once DVCR confirms it holds the bytes they cover.
+struct UploadCheckpoints {
+    dvcr: Dvcr,
+    template: Checkpoint,
+    session: url::Url,
+    latest: tokio::sync::watch::Sender<Option<Checkpoint>>,
+    interval: std::time::Duration,
+    next: tokio::time::Instant,
+    /// The snapshot being confirmed.
+    confirming: Option<tokio::task::JoinHandle<bool>>,
+}
+
+fn upload_checkpoints(
+    dvcr: &Dvcr,
+    request: &ImportRequest,
+    checkpointing: &Checkpointing,
+    upload: &DiskLayerUpload,
+    file_name: &str,
+    file_size: Option<u64>,
+    validator: Option<SourceValidator>,
+) -> Option<UploadCheckpoints> {
+    let session = upload.session_url()?;
+    Some(UploadCheckpoints {
+        dvcr: dvcr.clone(),
+        template: Checkpoint {
+            version: checkpoint::VERSION,
+            image: checkpointing.key.clone(),
+            repository: request.repository.clone(),
+            session: session.to_string(),
+            file_name: file_name.to_string(),
+            file_size: file_size?,
+            offset: 0,
+            sha256: String::new(),
+            md5: None,
+            layer_sha256: String::new(),
+            source: validator.filter(|v| !v.is_empty()),
+        },
+        session,
+        latest: checkpointing.latest.clone(),
+        interval: checkpointing.interval,
+        // Soon, to record the session in case the daemon dies; not at once, so that a short
+        // import writes no checkpoint at all.
+        next: tokio::time::Instant::now() + checkpointing.interval.min(FIRST_CHECKPOINT),
+        confirming: None,
+    })
+}
+
+/// When an upload's first checkpoint is taken.
+const FIRST_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long DVCR may take to confirm the bytes of a snapshot before it is dropped.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What a registry may hold back of a request's bytes until the request ends (distribution:
+/// a 4 KiB buffered writer over its storage).
+const REGISTRY_WRITE_BUFFER: u64 = 64 << 10;
+/// How often DVCR is asked whether it holds the bytes of a snapshot.
+const CONFIRM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl UploadCheckpoints {
+    fn next_due(&self) -> tokio::time::Instant {
+        self.next
+    }
+
+    /// Whether to take a snapshot now; while the last one is still being confirmed, the next
+    /// one waits a little.
+    fn due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if let Some(confirming) = &self.confirming {
+            if !confirming.is_finished() {
+                self.next = self.next.max(now + CONFIRM_POLL);
+                return false;
+            }
+            self.confirming = None;
+        }
+        now >= self.next
+    }
+
+    /// Whether a checkpoint of this upload session was published: a later run can find it.
+    fn saved_any(&self) -> bool {
+        self.latest
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.session == self.template.session)
+    }
+
+    /// Takes a snapshot at the current position of the stream; it is published once DVCR
+    /// holds the bytes it covers (bytes sent may still be on their way).
+    async fn take(
+        &mut self,
+        stages: &mut Stages,
+        upload: &mut DiskLayerUpload,
+    ) -> Result<(), ImportError> {
+        self.next = tokio::time::Instant::now() + self.interval;
+        let states = stages.snapshot().await?;
+        let layer = upload.snapshot().await?;
+        let mut checkpoint = self.template.clone();
+        checkpoint.offset = layer.written;
+        let (dvcr, session, latest) =
+            (self.dvcr.clone(), self.session.clone(), self.latest.clone());
+        let covered = crate::dvcr::layout::HEADERS_LEN + layer.written;
+        self.confirming = Some(tokio::spawn(async move {
+            let Ok(states) = states.collect(layer.layer_state).await else {
+                return false;
+            };
+            (checkpoint.sha256, checkpoint.md5, checkpoint.layer_sha256) = states.encode();
+            let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+            while tokio::time::Instant::now() < deadline {
+                match dvcr.upload_status(&checkpoint.repository, &session).await {
+                    // The registry writes what it receives through a small buffer, flushed
+                    // when the request ends (as it does when this process dies): bytes in it
+                    // count as held.
+                    Ok(Some((status, _))) if status.size + REGISTRY_WRITE_BUFFER >= covered => {
+                        latest.send_replace(Some(checkpoint));
+                        return true;
+                    }
+                    Ok(None) => return false,
+                    Ok(Some(_)) | Err(_) => tokio::time::sleep(CONFIRM_POLL).await,
+                }
+            }
+            false
+        }));
+        Ok(())
+    }
+}
+
+impl UploadCheckpoints {
+    /// Waits for the snapshot being confirmed, if any.
+    async fn settle(mut self) {
+        if let Some(confirming) = self.confirming.take() {
+            let _ = confirming.await;
+        }
+    }
+}
+
+impl Drop for UploadCheckpoints {
+    fn drop(&mut self) {
+        // A snapshot confirmed after the import ended would bring back a checkpoint of it.
+        if let Some(confirming) = self.confirming.take() {
+            confirming.abort();
+        }
+    }
+}
+
 /// Moves every byte from the source to the stages and the sink, gathered into chunks of
 /// `STAGE_CHUNK`; returns the byte count.
 async fn pump(
     source: &mut impl ByteSource,
     stages: &mut Stages,
     sink: &mut Sink,
+    mut checkpoints: Option<&mut UploadCheckpoints>,
     progress: &LiveProgress,
     mut pace: PaceWatch,
     cancel: &CancellationToken,
 ) -> Result<u64, ImportError> {
-    let mut received = 0u64;
+    let mut received = progress.received();
     let mut pending = bytes::BytesMut::new();
     loop {
         let chunk = {
-            // The same read goes on across pace checks: dropping it could lose bytes.
+            // The same read goes on across pace and checkpoint ticks: dropping it could lose
+            // bytes.
             let next = source.next_chunk();
             tokio::pin!(next);
             loop {
+                let checkpoint_at = checkpoints.as_deref().map(UploadCheckpoints::next_due);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Err(ImportError::Cancelled),
                     chunk = &mut next => break chunk?,
                     _ = tokio::time::sleep_until(pace.next_check()) => {
                         pace.check(tokio::time::Instant::now()).map_err(too_slow)?;
+                    }
+                    _ = sleep_until_some(checkpoint_at) => {
+                        if let Some(checkpoints) = checkpoints.as_deref_mut()
+                            && checkpoints.due()
+                        {
+                            // Everything received goes into the checkpoint: a source that
+                            // stalls here leaves nothing to fetch again.
+                            if !pending.is_empty() {
+                                dispatch(pending.split().freeze(), stages, sink).await?;
+                            }
+                            // Between dispatches the stages and the upload stand at the same
+                            // byte.
+                            if let Sink::Upload(upload) = &mut *sink {
+                                checkpoints.take(stages, upload).await?;
+                            }
+                        }
                     }
                 }
             }
@@ -373,51 +877,102 @@ async fn dispatch(chunk: Bytes, stages: &mut Stages, sink: &mut Sink) -> Result<
     sink.write(chunk).await
 }
 
+/// What a hashing stage is handed, in order.
+enum HashMsg {
+    Chunk(Bytes),
+    /// Asks for the hash state after every chunk before this one.
+    Snapshot(oneshot::Sender<Vec<u8>>),
+}
+
 /// The hashing and inspection stages, each on its own thread: a compressed image is
 /// unpacked to its end by the inspection, which must not slow the hashes down.
 struct Stages {
     check_tx: Option<mpsc::Sender<Bytes>>,
-    check: oneshot::Receiver<Result<ImageInfo, InspectError>>,
-    sha256_tx: Option<mpsc::Sender<Bytes>>,
+    /// None for a resumed import: the inspection reads the stored layer back instead.
+    check: Option<oneshot::Receiver<Result<ImageInfo, InspectError>>>,
+    sha256_tx: Option<mpsc::Sender<HashMsg>>,
     sha256: oneshot::Receiver<String>,
-    md5_tx: Option<mpsc::Sender<Bytes>>,
+    md5_tx: Option<mpsc::Sender<HashMsg>>,
     md5: Option<oneshot::Receiver<String>>,
 }
 
+/// Hash states on their way from the stage threads.
+struct StageStates {
+    sha256: oneshot::Receiver<Vec<u8>>,
+    md5: Option<oneshot::Receiver<Vec<u8>>>,
+}
+
+impl StageStates {
+    async fn collect(self, layer_sha256: Vec<u8>) -> Result<HashStates, ()> {
+        let sha256 = self.sha256.await.map_err(|_| ())?;
+        let md5 = match self.md5 {
+            Some(md5) => Some(md5.await.map_err(|_| ())?),
+            None => None,
+        };
+        Ok(HashStates {
+            sha256,
+            md5,
+            layer_sha256,
+        })
+    }
+}
+
+fn hash_stage<
+    D: sha2::Digest + sha2::digest::common::hazmat::SerializableState + Send + 'static,
+>(
+    name: &str,
+    mut hasher: digest::Hasher<D>,
+) -> (mpsc::Sender<HashMsg>, oneshot::Receiver<String>) {
+    let (tx, mut rx) = mpsc::channel::<HashMsg>(STAGE_QUEUE);
+    let result = stage_thread(name, move || {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                HashMsg::Chunk(chunk) => hasher.update(&chunk),
+                // Nobody waits for it when the checkpoint was given up.
+                HashMsg::Snapshot(reply) => drop(reply.send(hasher.state())),
+            }
+        }
+        hasher.finish()
+    });
+    (tx, result)
+}
+
 impl Stages {
-    fn start(want_md5: bool, limits: InspectLimits) -> Self {
-        let (check_tx, mut check_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-        let check = stage_thread("import-inspect", move || {
-            let mut inspector = Inspector::new(limits);
-            while let Some(chunk) = check_rx.blocking_recv() {
-                // An error stops taking chunks: the import ends with it.
-                inspector.update(&chunk)?;
+    /// `inspect`: the limits of the inspection, or None to skip it; `from`: the hash states to
+    /// go on from (sha256, md5), for a resumed import.
+    fn start(
+        want_md5: bool,
+        inspect: Option<InspectLimits>,
+        from: Option<(Sha256Hasher, Option<Md5Hasher>)>,
+    ) -> Self {
+        let (check_tx, check) = match inspect {
+            Some(limits) => {
+                let (check_tx, mut check_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
+                let check = stage_thread("import-inspect", move || {
+                    let mut inspector = Inspector::new(limits);
+                    while let Some(chunk) = check_rx.blocking_recv() {
+                        // An error stops taking chunks: the import ends with it.
+                        inspector.update(&chunk)?;
+                    }
+                    inspector.finish()
+                });
+                (Some(check_tx), Some(check))
             }
-            inspector.finish()
-        });
-        let (sha256_tx, mut sha256_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-        let sha256 = stage_thread("import-sha256", move || {
-            let mut sha256 = Sha256Hasher::default();
-            while let Some(chunk) = sha256_rx.blocking_recv() {
-                sha256.update(&chunk);
-            }
-            sha256.finish()
-        });
+            None => (None, None),
+        };
+        let (sha256_from, md5_from) = match from {
+            Some((sha256, md5)) => (sha256, md5),
+            None => (Sha256Hasher::default(), None),
+        };
+        let (sha256_tx, sha256) = hash_stage("import-sha256", sha256_from);
         let (md5_tx, md5) = if want_md5 {
-            let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-            let md5 = stage_thread("import-md5", move || {
-                let mut md5 = Md5Hasher::default();
-                while let Some(chunk) = rx.blocking_recv() {
-                    md5.update(&chunk);
-                }
-                md5.finish()
-            });
+            let (tx, md5) = hash_stage("import-md5", md5_from.unwrap_or_default());
             (Some(tx), Some(md5))
         } else {
             (None, None)
         };
         Self {
-            check_tx: Some(check_tx),
+            check_tx,
             check,
             sha256_tx: Some(sha256_tx),
             sha256,
@@ -430,10 +985,14 @@ impl Stages {
     async fn feed(&mut self, chunk: &Bytes) -> Result<(), ImportError> {
         let stopped = || ImportError::Stage("an import stage stopped".into());
         if let Some(tx) = &self.md5_tx {
-            tx.send(chunk.clone()).await.map_err(|_| stopped())?;
+            tx.send(HashMsg::Chunk(chunk.clone()))
+                .await
+                .map_err(|_| stopped())?;
         }
         if let Some(tx) = &self.sha256_tx {
-            tx.send(chunk.clone()).await.map_err(|_| stopped())?;
+            tx.send(HashMsg::Chunk(chunk.clone()))
+                .await
+                .map_err(|_| stopped())?;
         }
         if let Some(tx) = &self.check_tx
             && tx.send(chunk.clone()).await.is_err()
@@ -441,7 +1000,10 @@ impl Stages {
             // The inspection refused the image: its error is the import's.
             self.check_tx = None;
             let joined = |_| ImportError::Stage("the inspection ended without a result".into());
-            let result = (&mut self.check).await.map_err(joined)?;
+            let Some(check) = self.check.as_mut() else {
+                return Err(stopped());
+            };
+            let result = check.await.map_err(joined)?;
             return Err(match result {
                 Err(error) => error.into(),
                 Ok(_) => stopped(),
@@ -450,13 +1012,39 @@ impl Stages {
         Ok(())
     }
 
-    /// Ends the stream and collects the results of the stages.
-    async fn finish(&mut self) -> Result<(FileDigests, ImageInfo), ImportError> {
+    /// The hash states after every chunk fed so far, as the stages get to them.
+    async fn snapshot(&mut self) -> Result<StageStates, ImportError> {
+        let stopped = || ImportError::Stage("an import stage stopped".into());
+        let ask = |tx: &Option<mpsc::Sender<HashMsg>>| {
+            let tx = tx.clone();
+            async move {
+                let (reply, state) = oneshot::channel();
+                tx.ok_or_else(stopped)?
+                    .send(HashMsg::Snapshot(reply))
+                    .await
+                    .map_err(|_| stopped())?;
+                Ok::<_, ImportError>(state)
+            }
+        };
+        let sha256 = ask(&self.sha256_tx).await?;
+        let md5 = match &self.md5_tx {
+            Some(_) => Some(ask(&self.md5_tx).await?),
+            None => None,
+        };
+        Ok(StageStates { sha256, md5 })
+    }
+
+    /// Ends the stream and collects the results of the stages; no image info when the
+    /// inspection was skipped.
+    async fn finish(&mut self) -> Result<(FileDigests, Option<ImageInfo>), ImportError> {
         self.check_tx = None;
         self.sha256_tx = None;
         self.md5_tx = None;
         let joined = |_| ImportError::Stage("an import stage thread ended without a result".into());
-        let info = (&mut self.check).await.map_err(joined)??;
+        let info = match self.check.as_mut() {
+            Some(check) => Some(check.await.map_err(joined)??),
+            None => None,
+        };
         let sha256 = (&mut self.sha256).await.map_err(joined)?;
         let md5 = match self.md5.take() {
             Some(md5) => Some(md5.await.map_err(joined)?),
@@ -535,6 +1123,14 @@ impl Sink {
         match self {
             Self::Upload(upload) => (*upload).abort().await,
             // Dropping the TempPath removes the file.
+            Self::Spool(_) => {}
+        }
+    }
+
+    /// Leaves the upload session open for a later run that goes on from its checkpoint.
+    async fn detach(self) {
+        match self {
+            Self::Upload(upload) => (*upload).detach().await,
             Self::Spool(_) => {}
         }
     }

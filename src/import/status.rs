@@ -16,14 +16,29 @@ pub struct Transfer {
     /// The size of the file when the source announced it.
     pub total: Option<u64>,
     pub speed: Speed,
-    /// This transfer started again from byte 0 because the daemon that ran it stopped
-    /// (restart, takeover): the message says so.
-    pub restarted: bool,
+    /// Whether the daemon that ran this transfer stopped (restart, takeover), and where
+    /// this one took it up: the message says so.
+    pub after_restart: AfterRestart,
+}
+
+/// How a transfer relates to a daemon's restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterRestart {
+    /// No restart interrupted it.
+    #[default]
+    No,
+    /// It started again from byte 0.
+    FromZero,
+    /// It went on from its checkpoint, at this byte.
+    ResumedAt(u64),
 }
 
 /// The first words of the message of a transfer that started over after a restart.
 pub const RESTARTED_MESSAGE: &str =
     "Restarted after the daemon restarted; fetching again from byte 0.";
+
+/// The first words of the message of a transfer that went on from its checkpoint.
+pub const RESUMED_MESSAGE: &str = "Resumed from its checkpoint after the daemon restarted";
 
 /// The message of an Upload image whose upload was cut by the daemon's death.
 pub const UPLOAD_INTERRUPTED_MESSAGE: &str = "The last upload was interrupted: the daemon restarted while it ran. Upload the image again to the same URL (status.imageUploadURLs): `curl <url> -T image.img`.";
@@ -261,10 +276,13 @@ fn transfer_message(transfer: &Transfer) -> String {
             progress::human_speed(transfer.speed.current)
         ),
     };
-    if transfer.restarted {
-        format!("{RESTARTED_MESSAGE} {downloading}")
-    } else {
-        downloading
+    match transfer.after_restart {
+        AfterRestart::No => downloading,
+        AfterRestart::FromZero => format!("{RESTARTED_MESSAGE} {downloading}"),
+        AfterRestart::ResumedAt(offset) => format!(
+            "{RESUMED_MESSAGE}, at {}. {downloading}",
+            progress::human_size(offset)
+        ),
     }
 }
 
@@ -402,7 +420,7 @@ mod tests {
                 average: 1024 * 1024,
                 current: 2 * 1024 * 1024,
             },
-            restarted: false,
+            after_restart: AfterRestart::No,
         }
     }
 
@@ -570,9 +588,27 @@ mod tests {
 
     fn restarted(received: u64, total: u64) -> Transfer {
         Transfer {
-            restarted: true,
+            after_restart: AfterRestart::FromZero,
             ..transfer(received, total)
         }
+    }
+
+    #[test]
+    fn a_transfer_resumed_from_its_checkpoint_says_where_it_went_on() {
+        let resumed = Transfer {
+            after_restart: AfterRestart::ResumedAt(600),
+            ..transfer(700, 1000)
+        };
+        let status = next_status(
+            &ImageStatus::default(),
+            1,
+            &ImportState::Transferring(resumed),
+            &time(20),
+        );
+        let message = ready_message(&status);
+        assert!(message.starts_with(RESUMED_MESSAGE), "{message}");
+        assert!(message.contains("at 600B"), "{message}");
+        assert_eq!(status.progress.as_deref(), Some("70.0%"));
     }
 
     fn ready_message(status: &ImageStatus) -> &str {

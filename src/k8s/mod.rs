@@ -2,6 +2,7 @@
 //! status, the one reader of Secrets, the leader-election Lease and the label that routes leader-only traffic to the
 //! leader's pod.
 
+pub mod checkpoints;
 pub mod client;
 pub mod cvi_status;
 pub mod events;

@@ -72,6 +72,8 @@ pub struct Behavior {
     pub content_disposition: Option<String>,
     /// Require HTTP basic auth with this user and password (401 otherwise).
     pub basic_auth: Option<(String, String)>,
+    /// Send at most this many body bytes per second (every response): a server far away.
+    pub rate: Option<u64>,
 }
 
 /// An injected error status.
@@ -99,6 +101,7 @@ impl Default for Behavior {
             redirect: None,
             content_disposition: None,
             basic_auth: None,
+            rate: None,
         }
     }
 }
@@ -147,6 +150,11 @@ impl Behavior {
     /// rest of the file follows. Lets a test look at a transfer in the middle, without timing.
     pub fn hold_after(mut self, bytes: u64, first_requests: u64) -> Self {
         self.hold_after = Some((bytes, first_requests));
+        self
+    }
+    /// At most `bytes_per_second` body bytes per second, every response.
+    pub fn rate(mut self, bytes_per_second: u64) -> Self {
+        self.rate = Some(bytes_per_second.max(1));
         self
     }
     /// After `bytes` body bytes, send one byte every `every`: a connection that never idles
@@ -792,6 +800,9 @@ async fn respond(
         done: false,
         shared: shared.clone(),
         path: path.to_string(),
+        rate: behavior
+            .rate
+            .map(|rate| (rate, tokio::time::Instant::now())),
     };
     let stream = futures::stream::unfold(body, BodyState::next);
     response.body(Body::from_stream(stream)).expect("response")
@@ -937,6 +948,8 @@ struct BodyState {
     done: bool,
     shared: Arc<Shared>,
     path: String,
+    /// The response's pace: bytes per second, and when it started.
+    rate: Option<(u64, tokio::time::Instant)>,
 }
 
 impl BodyState {
@@ -1004,6 +1017,18 @@ impl BodyState {
                 // A held body sends the rest later; a cut or stalled one never does.
                 self.rest = Some(chunk.split_off(room as usize));
             }
+        }
+        if let Some((rate, started)) = self.rate {
+            // Small pieces, so that a cut connection has sent no more than its pace allows.
+            if chunk.len() > 16 * 1024 {
+                let rest = chunk.split_off(16 * 1024);
+                self.rest = Some(match self.rest.take() {
+                    Some(later) => [rest, later].concat().into(),
+                    None => rest,
+                });
+            }
+            let due = started + Duration::from_secs_f64(self.sent as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
         }
         self.sent += chunk.len() as u64;
         let len = chunk.len() as u64;

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod cvi;
+pub mod daemon;
 pub mod file_server;
 pub mod forge;
 pub mod git_server;

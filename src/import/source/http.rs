@@ -23,6 +23,8 @@ use reqwest::{StatusCode, Url};
 
 use super::{SourceError, find_tls_error, reason};
 use crate::egress::{self, DowngradeRefused, EgressPolicy, Refusal, TooManyRedirects};
+use crate::import::checkpoint::SourceValidator;
+use crate::import::pipeline::ResumeAt;
 
 /// Tuning of an [`HttpDownload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,11 +281,59 @@ impl HttpDownload {
         ca_bundle_pem: Option<&[u8]>,
         options: HttpSourceOptions,
     ) -> Result<Self, SourceError> {
+        let mut download = Self::new(url, ca_bundle_pem, options)?;
+        loop {
+            match download.try_open().await {
+                Ok(()) => return Ok(download),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Retry(retryable)) => download.back_off(retryable).await?,
+            }
+        }
+    }
+
+    /// A download that goes on from byte `at.offset` of the file an earlier process was
+    /// downloading: the first read asks for the rest with a range request, and the answer
+    /// must repeat the saved validator and size, else the download fails with
+    /// [`SourceErrorKind::Restart`](super::SourceErrorKind::Restart) (the file changed).
+    pub fn open_at(
+        url: &str,
+        ca_bundle_pem: Option<&[u8]>,
+        options: HttpSourceOptions,
+        at: &ResumeAt,
+    ) -> Result<Self, SourceError> {
+        let mut download = Self::new(url, ca_bundle_pem, options)?;
+        download.content_length = Some(at.file_size);
+        download.accept_ranges = AcceptRanges::Bytes;
+        download.etag = at.validator.etag.clone();
+        download.last_modified = at.validator.last_modified.clone();
+        download.file_name = at.file_name.clone();
+        download.delivered = at.offset;
+        download.stats.bytes_delivered = at.offset;
+        download.opened = true;
+        download.finished = at.offset == at.file_size;
+        tracing::info!(url = %download.shown, from = at.offset, "downloading the rest after a restart");
+        Ok(download)
+    }
+
+    /// What a later process needs to go on with this download at an offset: the strong
+    /// validator of the first response (with the size announced).
+    pub fn validator(&self) -> Option<SourceValidator> {
+        (self.resumable() && self.content_length.is_some()).then(|| SourceValidator {
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+        })
+    }
+
+    fn new(
+        url: &str,
+        ca_bundle_pem: Option<&[u8]>,
+        options: HttpSourceOptions,
+    ) -> Result<Self, SourceError> {
         let target = Target::parse(url)?;
         let shown = redact_url(target.url.as_str());
         let client = build_client(ca_bundle_pem, &options, &shown)?;
         let final_url = target.url.clone();
-        let mut download = Self {
+        Ok(Self {
             client,
             target,
             shown,
@@ -305,14 +355,7 @@ impl HttpDownload {
             opened: false,
             failed: None,
             stats: DownloadStats::default(),
-        };
-        loop {
-            match download.try_open().await {
-                Ok(()) => return Ok(download),
-                Err(Failure::Fatal(error)) => return Err(error),
-                Err(Failure::Retry(retryable)) => download.back_off(retryable).await?,
-            }
-        }
+        })
     }
 
     /// Size of the whole file, when the server announced it.
