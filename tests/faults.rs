@@ -12,7 +12,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cvi::{get, manifest, phase, recreate};
+use common::cut_proxy::CutProxy;
+use common::cvi::{checkpoint, get, manifest, phase, recreate};
 use common::daemon::{Daemon, Ports, Scratch};
 use common::file_server::{Behavior, FileServer, write_random_file};
 use common::stored::read_back;
@@ -69,21 +70,7 @@ fn ready_condition(cvi: &Value) -> Value {
 }
 
 fn checkpoint_offset(env: &TestEnv, uid: &str) -> Option<u64> {
-    let output = env
-        .kubectl()
-        .args([
-            "-n",
-            "image-catalog",
-            "get",
-            "lease",
-            &format!("image-catalog-import-{uid}"),
-            "-o",
-            "jsonpath={.metadata.annotations.imagecatalog\\.dev/checkpoint}",
-        ])
-        .output()
-        .unwrap();
-    let checkpoint: Value = serde_json::from_slice(&output.stdout).ok()?;
-    checkpoint["offset"].as_u64()
+    checkpoint(env, uid)?["offset"].as_u64()
 }
 
 /// A 64 MiB file served at 8 MiB/s, and a daemon importing it; returns once a checkpoint
@@ -99,6 +86,11 @@ struct Import {
 
 impl Import {
     fn start(env: &TestEnv, name: &'static str) -> Self {
+        Self::start_with(env, name, "")
+    }
+
+    /// As `start`, with more daemon flags.
+    fn start_with(env: &TestEnv, name: &'static str, extra: &str) -> Self {
         let dir = Scratch::new();
         let files = dir.path().join("files");
         std::fs::create_dir_all(&files).unwrap();
@@ -119,7 +111,7 @@ impl Import {
             "faults",
             ports,
             1,
-            "--leader-election=false",
+            &format!("--leader-election=false {extra}"),
         );
         recreate(
             env,
@@ -145,6 +137,13 @@ impl Import {
             name,
             size,
         }
+    }
+
+    fn uid(&self, env: &TestEnv) -> String {
+        get(env, self.name).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     fn fetched(&self) -> u64 {
@@ -202,39 +201,66 @@ fn dvcr_killed_mid_import_the_import_goes_on_from_its_checkpoint_once_dvcr_is_ba
     assert!(ratio < 1.5, "fetched {ratio:.3}x the image");
 }
 
-#[test]
-fn the_apiserver_killed_mid_import_the_import_goes_on_and_reports_once_it_is_back() {
+/// `component` away for a while in the middle of an import, which goes on meanwhile (it
+/// needs the apiserver only to report) and costs no byte more.
+fn away_mid_import(component: &'static str, name: &'static str) {
     let _serial = one_at_a_time();
     let env = testenv();
-    let import = Import::start(env, "fault-apiserver");
+    let import = Import::start(env, name);
     let before = import.fetched();
-    let killed = Killed::now("kube-apiserver");
-    // The transfer does not need the apiserver: it goes on meanwhile.
+    let killed = Killed::now(component);
     wait_for(
-        "the download to go on without the apiserver",
+        &format!("the download to go on without {component}"),
         Duration::from_secs(60),
         || (import.fetched() >= before + (8 << 20)).then_some(()),
     );
     killed.restart();
     let ratio = import.assert_ready(env);
-    eprintln!("apiserver killed and restarted: fetched {ratio:.3}x the image");
+    eprintln!("{component} killed and restarted: fetched {ratio:.3}x the image");
     assert!(ratio < 1.1, "fetched {ratio:.3}x the image");
 }
 
 #[test]
+fn the_apiserver_killed_mid_import_the_import_goes_on_and_reports_once_it_is_back() {
+    away_mid_import("kube-apiserver", "fault-apiserver");
+}
+
+#[test]
 fn etcd_killed_mid_import_the_import_goes_on_and_reports_once_it_is_back() {
+    away_mid_import("etcd", "fault-etcd");
+}
+
+#[test]
+fn connections_to_dvcr_cut_twice_mid_import_the_import_goes_on_from_its_checkpoints() {
     let _serial = one_at_a_time();
     let env = testenv();
-    let import = Import::start(env, "fault-etcd");
-    let before = import.fetched();
-    let killed = Killed::now("etcd");
-    wait_for(
-        "the download to go on without etcd",
-        Duration::from_secs(60),
-        || (import.fetched() >= before + (8 << 20)).then_some(()),
+    let proxy = CutProxy::start(env.dvcr_registry().parse().unwrap());
+    let import = Import::start_with(
+        env,
+        "fault-cut",
+        &format!("--dvcr-registry {}", proxy.addr()),
     );
-    killed.restart();
+    for cut in 1..=2 {
+        let offset = checkpoint_offset(env, &import.uid(env)).unwrap_or(0);
+        assert!(
+            proxy.cut_all() > 0,
+            "cut {cut}: the upload runs through the proxy"
+        );
+        wait_for(
+            &format!("the image to retry after cut {cut}"),
+            Duration::from_secs(60),
+            || get(env, import.name).filter(|cvi| ready_condition(cvi)["reason"] == "Retrying"),
+        );
+        if cut == 1 {
+            // Going on: a later checkpoint than the one before the cut.
+            wait_for(
+                "a checkpoint past the first cut",
+                Duration::from_secs(120),
+                || checkpoint_offset(env, &import.uid(env)).filter(|now| *now > offset + (4 << 20)),
+            );
+        }
+    }
     let ratio = import.assert_ready(env);
-    eprintln!("etcd killed and restarted: fetched {ratio:.3}x the image");
-    assert!(ratio < 1.1, "fetched {ratio:.3}x the image");
+    eprintln!("two cuts of the connections to DVCR: fetched {ratio:.3}x the image");
+    assert!(ratio < 1.5, "fetched {ratio:.3}x the image");
 }

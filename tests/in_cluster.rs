@@ -677,11 +677,35 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
         "{url}"
     );
     let upload = images.join("upload.img");
-    let out = run(Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "--fail-with-body", "-T"])
-        .arg(&upload)
-        .arg(&url));
-    eprintln!("upload: {}", String::from_utf8_lossy(&out.stdout).trim());
+    // Right after a handover the Service may not route to the new leader yet (its
+    // EndpointSlice, then kube-proxy's rules, follow the leader label): the connection is
+    // refused then, before a byte is sent, and a client tries again.
+    let routed = Instant::now();
+    let out = wait_for(
+        "the upload Service to route to the leader",
+        Duration::from_secs(60),
+        || {
+            let out = Command::new("curl")
+                .args(["-sS", "--noproxy", "*", "--fail-with-body", "-T"])
+                .arg(&upload)
+                .arg(&url)
+                .output()
+                .expect("curl runs");
+            // curl's exit code 7: could not connect.
+            (out.status.code() != Some(7)).then_some(out)
+        },
+    );
+    assert!(
+        out.status.success(),
+        "the upload failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "upload (the Service routed to the leader {:?} after it was asked to): {}",
+        routed.elapsed(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     let image = ready(&env, "e2e-some-image");
     assert_eq!(stored_sha256(&env, &image), sha256_file(&upload));
 

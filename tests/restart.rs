@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cvi::{get, manifest, phase, recreate};
+use common::cvi::{checkpoint, get, manifest, phase, recreate};
 use common::daemon::{Daemon, Ports, Scratch, metric};
 use common::file_server::{Behavior, FileServer, write_random_file};
 use common::stored::read_back;
@@ -236,29 +236,6 @@ fn upload_urls_survive_a_killed_daemon_and_a_cut_upload_can_be_sent_again() {
     assert_not_logged(dir.path(), &[&token(&waiting_url), &token(&cut_url)]);
 }
 
-/// The import checkpoint of the image `uid`, as the daemon saved it in its Lease.
-fn checkpoint(env: &TestEnv, uid: &str) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args([
-            "-n",
-            "image-catalog",
-            "get",
-            "lease",
-            &format!("image-catalog-import-{uid}"),
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    if !output.status.success() {
-        return None;
-    }
-    let lease: Value = serde_json::from_slice(&output.stdout).ok()?;
-    serde_json::from_str(lease["metadata"]["annotations"]["imagecatalog.dev/checkpoint"].as_str()?)
-        .ok()
-}
-
 fn uid(cvi: &Value) -> String {
     cvi["metadata"]["uid"].as_str().unwrap().to_string()
 }
@@ -302,52 +279,85 @@ fn assert_nothing_left(env: &TestEnv, name: &str, before: &std::collections::BTr
     );
 }
 
-#[test]
-fn an_http_import_cut_by_a_killed_daemon_goes_on_from_its_checkpoint() {
-    let _serial = one_at_a_time();
-    let env = testenv();
-    let suite = "restart-http";
+/// An 8 MiB file whose download pauses at 6 MiB, and a first daemon importing it as `name`
+/// that has saved its checkpoint there.
+struct HeldAtCheckpoint {
+    dir: Scratch,
+    files: std::path::PathBuf,
+    file: std::path::PathBuf,
+    path: String,
+    server: FileServer,
+    ports: Ports,
+    first: Daemon,
+    saved: Value,
+    sessions_before: std::collections::BTreeSet<String>,
+}
+
+fn held_at_checkpoint(env: &TestEnv, name: &str, seed: u64) -> HeldAtCheckpoint {
     let dir = Scratch::new();
     let files = dir.path().join("files");
     std::fs::create_dir_all(&files).unwrap();
-    let file = files.join("resume.raw");
-    write_random_file(&file, 8 << 20, 21);
+    let file = files.join(format!("{name}.raw"));
+    write_random_file(&file, 8 << 20, seed);
     let server = FileServer::start(&files);
+    let path = format!("/{name}.raw");
     // The first daemon's download pauses at 75%, until the test lets it go on.
-    server.set_behavior(
-        "/resume.raw",
-        Behavior::default().hold_after(6 << 20, u64::MAX),
-    );
+    server.set_behavior(&path, Behavior::default().hold_after(6 << 20, u64::MAX));
     let ports = Ports {
         metrics: common::free_port(),
         upload: common::free_port(),
     };
-    let first = Daemon::start(env, dir.path(), suite, ports, 1);
-    let sessions_before = open_sessions(env, "cvi/resume-http");
+    let first = Daemon::start(env, dir.path(), "restart-http", ports, 1);
+    let sessions_before = open_sessions(env, &format!("cvi/{name}"));
     create(
         env,
-        suite,
-        "resume-http",
-        serde_json::json!({"type": "HTTP", "http": {"url": server.url("resume.raw")}}),
+        "restart-http",
+        name,
+        serde_json::json!({"type": "HTTP", "http": {"url": server.url(&path[1..])}}),
     );
     let cvi = wait_for("the download to reach 75%", Duration::from_secs(60), || {
-        get(env, "resume-http").filter(|cvi| progress(cvi).is_some_and(|p| p >= 75.0))
+        get(env, name).filter(|cvi| progress(cvi).is_some_and(|p| p >= 75.0))
     });
     let saved = wait_for("a checkpoint at the pause", Duration::from_secs(30), || {
         checkpoint(env, &uid(&cvi)).filter(|c| c["offset"].as_u64() == Some(6 << 20))
     });
+    HeldAtCheckpoint {
+        dir,
+        files,
+        file,
+        path,
+        server,
+        ports,
+        first,
+        saved,
+        sessions_before,
+    }
+}
+
+#[test]
+fn an_http_import_cut_by_a_killed_daemon_goes_on_from_its_checkpoint() {
+    let _serial = one_at_a_time();
+    let env = testenv();
+    let HeldAtCheckpoint {
+        dir,
+        file,
+        path,
+        server,
+        ports,
+        first,
+        saved,
+        sessions_before,
+        ..
+    } = held_at_checkpoint(env, "resume-http", 21);
     assert_eq!(saved["fileSize"], 8 << 20);
     assert!(saved["source"]["etag"].is_string(), "{saved}");
 
     first.kill();
-    let fetched_before = server.bytes_sent("/resume.raw");
+    let fetched_before = server.bytes_sent(&path);
     // The new daemon's download pauses again, 1 MiB further: the status must say that it
     // went on, and the progress must not go back.
-    server.set_behavior(
-        "/resume.raw",
-        Behavior::default().hold_after(1 << 20, u64::MAX),
-    );
-    let second = Daemon::start(env, dir.path(), suite, ports, 2);
+    server.set_behavior(&path, Behavior::default().hold_after(1 << 20, u64::MAX));
+    let second = Daemon::start(env, dir.path(), "restart-http", ports, 2);
     let resumed = wait_for(
         "the import to go on from its checkpoint",
         Duration::from_secs(60),
@@ -372,7 +382,7 @@ fn an_http_import_cut_by_a_killed_daemon_goes_on_from_its_checkpoint() {
         .request_log()
         .into_iter()
         .rev()
-        .find(|r| r.path == "/resume.raw")
+        .find(|r| r.path == path)
         .unwrap();
     assert_eq!(resume_request.range.as_deref(), Some("bytes=6291456-"));
     assert!(
@@ -380,10 +390,10 @@ fn an_http_import_cut_by_a_killed_daemon_goes_on_from_its_checkpoint() {
         "the resume asks If-Range"
     );
 
-    server.set_behavior("/resume.raw", Behavior::default());
+    server.set_behavior(&path, Behavior::default());
     server.release_held();
     assert_ready_with(env, "resume-http", &file);
-    let fetched_again = server.bytes_sent("/resume.raw") - fetched_before;
+    let fetched_again = server.bytes_sent(&path) - fetched_before;
     assert_eq!(
         fetched_again,
         2 << 20,
@@ -528,4 +538,39 @@ fn three_kills_during_an_http_import_fetch_its_bytes_little_more_than_once() {
     assert!(ratio < 1.5, "fetched {ratio:.3}x the image");
     assert_nothing_left(env, "killed-http", &sessions_before);
     drop(daemon);
+}
+
+#[test]
+fn a_file_changed_while_the_daemon_was_dead_is_imported_again_from_byte_0_never_spliced() {
+    let _serial = one_at_a_time();
+    let env = testenv();
+    let HeldAtCheckpoint {
+        dir,
+        files,
+        file,
+        path,
+        server,
+        ports,
+        first,
+        saved,
+        sessions_before,
+    } = held_at_checkpoint(env, "changed-http", 51);
+    assert!(saved["source"]["etag"].is_string(), "{saved}");
+    first.kill();
+    // Another file of the same size under the same URL: a new inode, a new ETag.
+    let next = files.join("changed-http.next");
+    write_random_file(&next, 8 << 20, 52);
+    std::fs::rename(&next, &file).unwrap();
+    server.set_behavior(&path, Behavior::default());
+    let second = Daemon::start(env, dir.path(), "restart-http", ports, 2);
+    // Ready with the new file's bytes, every one of them: the 6 MiB of the old file that
+    // DVCR held are not kept.
+    assert_ready_with(env, "changed-http", &file);
+    let log = std::fs::read_to_string(dir.path().join("controller-2.log")).unwrap();
+    assert!(
+        log.contains("SourceChanged"),
+        "the second daemon saw the change"
+    );
+    assert_nothing_left(env, "changed-http", &sessions_before);
+    drop(second);
 }

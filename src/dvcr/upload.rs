@@ -125,20 +125,10 @@ impl DiskLayerUpload {
         upload
     }
 
-    /// Goes on with a session another process (or an earlier attempt) left: `resumed` says
-    /// where the saved layer hash state stands and what the registry already holds.
-    pub(super) fn resume(
-        dvcr: Dvcr,
-        repository: &str,
-        location: Url,
-        auth: Option<HeaderValue>,
-        file_size: u64,
-        resumed: Resumed,
-    ) -> Self {
-        Self::open(dvcr, repository, location, auth, file_size, resumed)
-    }
-
-    fn open(
+    /// Starts the PATCH of a session, fresh or, with `resumed`, one another process (or an
+    /// earlier attempt) left: where the saved layer hash state stands and what the registry
+    /// already holds.
+    pub(super) fn open(
         dvcr: Dvcr,
         repository: &str,
         location: Url,
@@ -387,7 +377,7 @@ impl Dvcr {
             covered,
             "DVCR upload resumed"
         );
-        let upload = DiskLayerUpload::resume(
+        let upload = DiskLayerUpload::open(
             self.clone(),
             repository,
             status.location,

@@ -470,15 +470,7 @@ async fn inspect_stored(
     let mut stored = dvcr
         .disk_file_of_layer(repository, layer, file_name, file_size)
         .await?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-    let limits = limits.clone();
-    let check = stage_thread("import-inspect", move || {
-        let mut inspector = Inspector::new(limits);
-        while let Some(chunk) = rx.blocking_recv() {
-            inspector.update(&chunk)?;
-        }
-        inspector.finish()
-    });
+    let (tx, check) = inspect_stage(limits.clone());
     loop {
         let chunk = tokio::select! {
             _ = cancel.cancelled() => return Err(ImportError::Cancelled),
@@ -917,6 +909,25 @@ impl StageStates {
     }
 }
 
+/// The inspection on its own thread: chunks in, the image's info (or why it is refused) out.
+fn inspect_stage(
+    limits: InspectLimits,
+) -> (
+    mpsc::Sender<Bytes>,
+    oneshot::Receiver<Result<ImageInfo, InspectError>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
+    let check = stage_thread("import-inspect", move || {
+        let mut inspector = Inspector::new(limits);
+        while let Some(chunk) = rx.blocking_recv() {
+            // An error stops taking chunks: the import ends with it.
+            inspector.update(&chunk)?;
+        }
+        inspector.finish()
+    });
+    (tx, check)
+}
+
 fn hash_stage<
     D: sha2::Digest + sha2::digest::common::hazmat::SerializableState + Send + 'static,
 >(
@@ -945,19 +956,8 @@ impl Stages {
         inspect: Option<InspectLimits>,
         from: Option<(Sha256Hasher, Option<Md5Hasher>)>,
     ) -> Self {
-        let (check_tx, check) = match inspect {
-            Some(limits) => {
-                let (check_tx, mut check_rx) = mpsc::channel::<Bytes>(STAGE_QUEUE);
-                let check = stage_thread("import-inspect", move || {
-                    let mut inspector = Inspector::new(limits);
-                    while let Some(chunk) = check_rx.blocking_recv() {
-                        // An error stops taking chunks: the import ends with it.
-                        inspector.update(&chunk)?;
-                    }
-                    inspector.finish()
-                });
-                (Some(check_tx), Some(check))
-            }
+        let (check_tx, check) = match inspect.map(inspect_stage) {
+            Some((check_tx, check)) => (Some(check_tx), Some(check)),
             None => (None, None),
         };
         let (sha256_from, md5_from) = match from {

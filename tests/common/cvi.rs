@@ -57,3 +57,26 @@ pub fn get(env: &TestEnv, name: &str) -> Option<Value> {
 pub fn phase(cvi: &Value) -> &str {
     cvi["status"]["phase"].as_str().unwrap_or("")
 }
+
+/// The import checkpoint of the image `uid`, as the daemon saved it in its Lease.
+pub fn checkpoint(env: &TestEnv, uid: &str) -> Option<Value> {
+    let output = env
+        .kubectl()
+        .args([
+            "-n",
+            "image-catalog",
+            "get",
+            "lease",
+            &format!("image-catalog-import-{uid}"),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return None;
+    }
+    let lease: Value = serde_json::from_slice(&output.stdout).ok()?;
+    serde_json::from_str(lease["metadata"]["annotations"]["imagecatalog.dev/checkpoint"].as_str()?)
+        .ok()
+}

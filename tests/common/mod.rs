@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cut_proxy;
 pub mod cvi;
 pub mod daemon;
 pub mod file_server;
