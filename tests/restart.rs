@@ -17,9 +17,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::cut_proxy::CutProxy;
 use common::cvi::{checkpoint, get, manifest, phase, recreate};
 use common::daemon::{Daemon, Ports, Scratch, metric};
 use common::file_server::{Behavior, FileServer, write_random_file};
+use common::source_registry::SourceRegistry;
 use common::stored::read_back;
 use common::{TestEnv, curl_upload, testenv, wait_for};
 use serde_json::Value;
@@ -572,5 +574,58 @@ fn a_file_changed_while_the_daemon_was_dead_is_imported_again_from_byte_0_never_
         "the second daemon saw the change"
     );
     assert_nothing_left(env, "changed-http", &sessions_before);
+    drop(second);
+}
+
+#[test]
+fn a_container_image_import_cut_by_a_killed_daemon_starts_over_and_its_session_is_cancelled() {
+    let _serial = one_at_a_time();
+    let env = testenv();
+    let dir = Scratch::new();
+    let disk = dir.path().join("disk.raw");
+    write_random_file(&disk, 48 << 20, 61);
+    let registry = SourceRegistry::start_public();
+    let image = registry.push_container_disk("vm/killed:1", &[("disk/disk.raw", &disk)], false);
+    // The registry behind a slow link (8 MiB/s), so that the kill lands mid-layer.
+    let proxy = CutProxy::start(registry.host().parse().unwrap());
+    proxy.set_rate(8 << 20);
+    let image = image.replacen(&registry.host(), &proxy.addr().to_string(), 1);
+    let ports = Ports {
+        metrics: common::free_port(),
+        upload: common::free_port(),
+    };
+    let first = Daemon::start(env, dir.path(), "restart-http", ports, 1);
+    let sessions_before = open_sessions(env, "cvi/killed-disk");
+    create(
+        env,
+        "restart-http",
+        "killed-disk",
+        serde_json::json!({"type": "ContainerImage", "containerImage": {
+            "image": image, "caBundle": registry.ca_bundle_base64()}}),
+    );
+    let cvi = wait_for(
+        "the layer to be a quarter in",
+        Duration::from_secs(60),
+        || get(env, "killed-disk").filter(|cvi| progress(cvi).is_some_and(|p| p >= 25.0)),
+    );
+    // Its checkpoint names the DVCR session; a container image cannot go on from it.
+    let saved = wait_for("the import's checkpoint", Duration::from_secs(30), || {
+        checkpoint(env, &uid(&cvi))
+    });
+    assert!(saved.get("source").is_none(), "{saved}");
+    first.kill();
+    proxy.set_rate(0);
+    let second = Daemon::start(env, dir.path(), "restart-http", ports, 2);
+    let restarted = wait_for("the import to start over", Duration::from_secs(60), || {
+        get(env, "killed-disk")
+            .filter(|cvi| ready_message(cvi).starts_with(RESTARTED) || phase(cvi) == "Ready")
+    });
+    assert_ready_with(env, "killed-disk", &disk);
+    assert!(
+        phase(&restarted) == "Ready" || ready_message(&restarted).starts_with(RESTARTED),
+        "{}",
+        ready_message(&restarted)
+    );
+    assert_nothing_left(env, "killed-disk", &sessions_before);
     drop(second);
 }

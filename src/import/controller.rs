@@ -923,7 +923,7 @@ where
         let progress = Arc::new(LiveProgress::default());
         writer.begin_transfer(&progress);
         let result = with_status_ticks(ctx, writer, &progress, attempt(progress.clone())).await;
-        ctx.metrics.bytes_imported.inc_by(progress.received());
+        ctx.metrics.bytes_imported.inc_by(progress.fetched());
         match result {
             Ok(stored) => {
                 ctx.metrics

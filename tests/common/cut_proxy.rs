@@ -5,10 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub struct CutProxy {
     addr: SocketAddr,
+    /// Bytes per second each direction of each connection may carry (0: no limit).
+    rate: Arc<AtomicU64>,
     /// Both ends of every connection forwarded so far.
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -20,6 +24,8 @@ impl CutProxy {
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let registered = open.clone();
+        let rate: Arc<AtomicU64> = Arc::default();
+        let paced = rate.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -36,11 +42,17 @@ impl CutProxy {
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
-                std::thread::spawn(move || pipe(client, server_copy));
-                std::thread::spawn(move || pipe(server, client_copy));
+                let (up, down) = (paced.clone(), paced.clone());
+                std::thread::spawn(move || pipe(client, server_copy, &up));
+                std::thread::spawn(move || pipe(server, client_copy, &down));
             }
         });
-        Self { addr, open }
+        Self { addr, rate, open }
+    }
+
+    /// From now on, at most `bytes_per_second` each way per connection: a server far away.
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::Relaxed);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -60,14 +72,24 @@ impl CutProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let mut buffer = vec![0u8; 64 << 10];
+fn pipe(mut from: TcpStream, mut to: TcpStream, rate: &AtomicU64) {
+    let mut buffer = vec![0u8; 16 << 10];
+    let started = Instant::now();
+    let mut sent = 0u64;
     loop {
         match from.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if to.write_all(&buffer[..n]).is_err() {
                     break;
+                }
+                sent += n as u64;
+                let rate = rate.load(Ordering::Relaxed);
+                if rate > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                 }
             }
         }
