@@ -10,6 +10,8 @@ pub mod cli_args;
 pub mod daemon;
 pub mod dvcr;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod git;
 pub mod import;
 pub mod k8s;

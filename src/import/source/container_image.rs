@@ -1134,6 +1134,34 @@ impl TarReader {
     }
 }
 
+/// For the fuzz targets (`fuzz/`): the streaming tar reader over `data` (a layer, plain or
+/// gzip, in chunks of `chunk` bytes), entry by entry to its end or its first error, checking
+/// that no entry hands out more data than its header declared.
+#[doc(hidden)]
+pub fn fuzz_tar(data: &[u8], chunk: usize) {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let mut tar = TarReader::new(LayerReader::new(futures::stream::iter(chunks).boxed()));
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    runtime.block_on(async {
+        while let Ok(Some(entry)) = tar.next_entry().await {
+            let mut read = 0u64;
+            loop {
+                match tar.read_data().await {
+                    Ok(Some(bytes)) => read += bytes.len() as u64,
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+                assert!(read <= entry.size, "more data than declared: {entry:?}");
+            }
+        }
+    });
+}
+
 /// What an entry means for the disk search.
 enum DiskEntry<'a> {
     Ignored,

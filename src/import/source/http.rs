@@ -1008,6 +1008,23 @@ struct ContentRange {
     total: Option<u64>,
 }
 
+/// For the fuzz targets (`fuzz/`): what the header parsers of untrusted responses make of
+/// `value`, checking what must always hold of their results.
+#[doc(hidden)]
+pub fn fuzz_headers(value: &str) {
+    if let Some(range) = parse_content_range(value)
+        && let (Some(start), Some(total)) = (range.start, range.total)
+    {
+        assert!(start < total, "a range starts inside the file: {value:?}");
+    }
+    if let Some(name) = content_disposition_file_name(value) {
+        assert!(
+            !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+            "a file name is one plain path segment: {name:?} from {value:?}"
+        );
+    }
+}
+
 fn parse_content_range(value: &str) -> Option<ContentRange> {
     let rest = value.trim();
     let rest = rest
