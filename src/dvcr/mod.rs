@@ -26,7 +26,7 @@ use url::Url;
 
 pub use error::DvcrError;
 pub use layout::{ImageLabels, ImageManifest, disk_file_name};
-pub use upload::{DiskLayerUpload, LayerSnapshot, SessionStatus};
+pub use upload::{DiskLayerUpload, LayerSnapshot, SessionProbe, SessionStatus};
 
 /// How long a small request (HEAD, config, manifest, DELETE) may take.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -462,13 +462,36 @@ impl Dvcr {
         repository: &str,
         image: &StoredImage,
     ) -> Result<DiskFileStream, DvcrError> {
-        self.disk_file_of_layer(repository, &image.layer, &image.file_name, image.file_size)
+        // `read_image` gave it, a manifest read, so the client holds pull credentials.
+        self.layer_file_stream(repository, &image.layer, &image.file_name, image.file_size)
             .await
     }
 
-    /// The bytes of the disk file in `layer` (committed, tagged or not), as in
-    /// [`disk_file_stream`](Self::disk_file_stream).
-    pub async fn disk_file_of_layer(
+    /// The bytes of the disk file in a committed `layer` that no tag names yet (a resumed
+    /// import's, read back before its tag), as in [`disk_file_stream`](Self::disk_file_stream).
+    pub async fn untagged_disk_file_stream(
+        &self,
+        repository: &str,
+        layer: &StoredLayer,
+        file_name: &str,
+        file_size: u64,
+    ) -> Result<DiskFileStream, DvcrError> {
+        check_repository(repository)?;
+        // Blob reads use the credentials of an earlier manifest read; without one, log in.
+        self.inner
+            .oci
+            .auth(
+                &self.reference(repository, "latest"),
+                &self.inner.oci_auth,
+                RegistryOperation::Pull,
+            )
+            .await
+            .map_err(|e| DvcrError::from_oci("pull layer", e))?;
+        self.layer_file_stream(repository, layer, file_name, file_size)
+            .await
+    }
+
+    async fn layer_file_stream(
         &self,
         repository: &str,
         layer: &StoredLayer,
@@ -480,13 +503,6 @@ impl Dvcr {
         check_digest(&layer.digest)?;
         let reference = self.reference(repository, "latest");
         let name = format!("{}/{repository}@{}", self.inner.registry, layer.digest);
-        // Blob reads use the credentials of an earlier manifest read; a layer not yet tagged
-        // (a resumed import's, read back before its tag) has none, so log in for it.
-        self.inner
-            .oci
-            .auth(&reference, &self.inner.oci_auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| DvcrError::from_oci("pull layer", e))?;
         let response = self
             .inner
             .oci

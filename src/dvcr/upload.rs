@@ -227,6 +227,15 @@ impl DiskLayerUpload {
         self.session.as_ref().map(|s| without_state(&s.location))
     }
 
+    /// A way to ask how much of this upload the registry holds, meanwhile.
+    pub fn probe(&self) -> Option<SessionProbe> {
+        self.session.as_ref().map(|s| SessionProbe {
+            dvcr: s.dvcr.clone(),
+            session: without_state(&s.location),
+            auth: s.auth.clone(),
+        })
+    }
+
     /// From now on, dropping the upload unfinished leaves its session open (a checkpoint names
     /// it); `abort()` still cancels it.
     pub fn keep_session_on_drop(&mut self) {
@@ -237,14 +246,7 @@ impl DiskLayerUpload {
     /// sent so far, for a later [`Dvcr::resume_disk_layer`] (a shutdown with a checkpoint).
     pub async fn detach(mut self) {
         if let Some(mut session) = self.session.take() {
-            session.sender = None;
-            if let Some(mut request) = session.request.take()
-                && tokio::time::timeout(ABORT_TIMEOUT, &mut request)
-                    .await
-                    .is_err()
-            {
-                request.abort();
-            }
+            session.end_request().await;
             debug!(repository = %session.repository, written = session.written, "DVCR upload left open for a resume");
         }
     }
@@ -322,20 +324,7 @@ impl Dvcr {
                 http.get(url).timeout(ABORT_TIMEOUT)
             })
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if response.status() != StatusCode::NO_CONTENT {
-            return Err(response_error("upload status", response).await);
-        }
-        let size = response
-            .headers()
-            .get("Range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_upload_range)
-            .ok_or_else(|| DvcrError::protocol("upload status", "no usable Range header"))?;
-        let location = location(&response, "upload status")?;
-        Ok(Some((SessionStatus { size, location }, auth)))
+        Ok(session_status(response).await?.map(|status| (status, auth)))
     }
 
     /// Goes on with the upload `session` of a file of `file_size` bytes named as before, from
@@ -402,6 +391,52 @@ impl Dvcr {
                 warn!(repository, %error, "cannot read a DVCR upload session to cancel it");
             }
         }
+    }
+}
+
+/// What a session status answer says: `None` for a session the registry does not know.
+async fn session_status(response: reqwest::Response) -> Result<Option<SessionStatus>, DvcrError> {
+    if response.status() == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if response.status() != StatusCode::NO_CONTENT {
+        return Err(response_error("upload status", response).await);
+    }
+    let size = response
+        .headers()
+        .get("Range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_upload_range)
+        .ok_or_else(|| DvcrError::protocol("upload status", "no usable Range header"))?;
+    let location = location(&response, "upload status")?;
+    Ok(Some(SessionStatus { size, location }))
+}
+
+/// Asks how much of one running upload the registry holds, with the upload's own credentials
+/// (one request each time, where a registry with tokens would otherwise be asked for a new
+/// one): what a checkpoint is confirmed with.
+#[derive(Clone)]
+pub struct SessionProbe {
+    dvcr: Dvcr,
+    session: Url,
+    auth: Option<HeaderValue>,
+}
+
+impl SessionProbe {
+    /// Layer bytes the registry holds; `None` once it no longer knows the session.
+    pub async fn held(&self) -> Result<Option<u64>, DvcrError> {
+        let response = self
+            .dvcr
+            .authorize(
+                self.dvcr.http().get(self.session.clone()),
+                &self.session,
+                self.auth.as_ref(),
+            )
+            .timeout(ABORT_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| DvcrError::network("upload status", &e))?;
+        Ok(session_status(response).await?.map(|status| status.size))
     }
 }
 
@@ -628,7 +663,9 @@ impl Session {
 
     /// Ends the request and cancels the session. Ending the body cleanly (rather than cutting
     /// the connection) gets the registry's latest `_state`, without which it refuses the DELETE.
-    async fn cancel(mut self) {
+    /// Ends the body cleanly and waits (a while) for the registry's answer, keeping the
+    /// session's newest state token from it.
+    async fn end_request(&mut self) {
         self.sender = None;
         if let Some(mut request) = self.request.take() {
             match tokio::time::timeout(ABORT_TIMEOUT, &mut request).await {
@@ -641,6 +678,10 @@ impl Session {
                 Err(_) => request.abort(),
             }
         }
+    }
+
+    async fn cancel(mut self) {
+        self.end_request().await;
         let request = self
             .dvcr
             .authorize(

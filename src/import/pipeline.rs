@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Checksum;
-use crate::dvcr::{DiskLayerUpload, Dvcr, DvcrError, ImageLabels, LayerSnapshot, StoredLayer};
+use crate::dvcr::{
+    DiskLayerUpload, Dvcr, DvcrError, ImageLabels, LayerSnapshot, SessionProbe, StoredLayer,
+};
 use crate::import::checkpoint::{self, Checkpoint, HashStates, ImportKey, Resume, SourceValidator};
 use crate::import::digest::{self, ChecksumMismatch, FileDigests, Md5Hasher, Sha256Hasher};
 use crate::import::inspect::{ImageInfo, InspectError, InspectLimits, Inspector};
@@ -248,17 +250,8 @@ pub async fn store(
     progress: &LiveProgress,
     cancel: &CancellationToken,
 ) -> Result<StoredImport, ImportError> {
-    if let Some(checkpointing) = &request.checkpointing {
-        // This source cannot go on from a checkpoint: one an earlier run left only names an
-        // upload session to cancel.
-        if let Some(found) = checkpointing.latest.send_replace(None)
-            && found.repository == request.repository
-            && let Ok(session) = url::Url::parse(&found.session)
-        {
-            dvcr.cancel_upload_session(&found.repository, &session)
-                .await;
-        }
-    }
+    // A source stored this way cannot go on from a checkpoint: the caller cancelled the
+    // session of any an earlier run left (`resume::ImportCheckpoints::open`).
     store_from(
         dvcr,
         settings,
@@ -332,7 +325,6 @@ async fn store_from(
     };
     let mut checkpoints = match (&sink, &request.checkpointing, source.validator()) {
         (Sink::Upload(upload), Some(checkpointing), validator) => upload_checkpoints(
-            dvcr,
             request,
             checkpointing,
             upload,
@@ -468,7 +460,7 @@ async fn inspect_stored(
     cancel: &CancellationToken,
 ) -> Result<ImageInfo, ImportError> {
     let mut stored = dvcr
-        .disk_file_of_layer(repository, layer, file_name, file_size)
+        .untagged_disk_file_stream(repository, layer, file_name, file_size)
         .await?;
     let (tx, check) = inspect_stage(limits.clone());
     loop {
@@ -547,6 +539,14 @@ where
     }
 }
 
+/// Cancels the DVCR upload session a checkpoint names (one nothing goes on with).
+pub async fn cancel_left_session(dvcr: &Dvcr, found: &Checkpoint) {
+    if let Ok(session) = url::Url::parse(&found.session) {
+        dvcr.cancel_upload_session(&found.repository, &session)
+            .await;
+    }
+}
+
 /// Turns the latest checkpoint into a start: resumed when it fits the import and DVCR still
 /// holds its session, else fresh (its session cancelled).
 async fn prepare_resume(
@@ -558,7 +558,6 @@ async fn prepare_resume(
         return Ok(Start::Fresh);
     };
     let want_md5 = request.checksum.as_ref().is_some_and(|c| c.md5.is_some());
-    let session = url::Url::parse(&found.session).ok();
     let discard = |why: &'static str| {
         tracing::info!(repository = %request.repository, why, "not resuming from the checkpoint; starting from byte 0");
         checkpointing.latest.send_replace(None);
@@ -567,16 +566,14 @@ async fn prepare_resume(
         match checkpoint::decide(&found, &checkpointing.key, &request.repository, want_md5) {
             Resume::From(checkpoint, states) => (checkpoint, states),
             Resume::Discard(why) => {
-                if let Some(session) = &session
-                    && found.repository == request.repository
-                {
-                    dvcr.cancel_upload_session(&found.repository, session).await;
+                if found.repository == request.repository {
+                    cancel_left_session(dvcr, &found).await;
                 }
                 discard(why);
                 return Ok(Start::Fresh);
             }
         };
-    let Some(session) = session else {
+    let Ok(session) = url::Url::parse(&checkpoint.session) else {
         discard("its upload session is not a URL");
         return Ok(Start::Fresh);
     };
@@ -590,8 +587,7 @@ async fn prepare_resume(
         md5.as_deref().map(Md5Hasher::from_state).transpose(),
     );
     let (Ok(sha256), Ok(md5)) = hashers else {
-        dvcr.cancel_upload_session(&request.repository, &session)
-            .await;
+        cancel_left_session(dvcr, &checkpoint).await;
         discard("its hash states are not valid");
         return Ok(Start::Fresh);
     };
@@ -632,9 +628,8 @@ async fn prepare_resume(
 /// Saves checkpoints of an upload straight into DVCR: every `interval`, the hash states in
 /// stream order, published once DVCR confirms it holds the bytes they cover.
 struct UploadCheckpoints {
-    dvcr: Dvcr,
     template: Checkpoint,
-    session: url::Url,
+    probe: SessionProbe,
     latest: tokio::sync::watch::Sender<Option<Checkpoint>>,
     interval: std::time::Duration,
     next: tokio::time::Instant,
@@ -643,7 +638,6 @@ struct UploadCheckpoints {
 }
 
 fn upload_checkpoints(
-    dvcr: &Dvcr,
     request: &ImportRequest,
     checkpointing: &Checkpointing,
     upload: &DiskLayerUpload,
@@ -653,7 +647,7 @@ fn upload_checkpoints(
 ) -> Option<UploadCheckpoints> {
     let session = upload.session_url()?;
     Some(UploadCheckpoints {
-        dvcr: dvcr.clone(),
+        probe: upload.probe()?,
         template: Checkpoint {
             version: checkpoint::VERSION,
             image: checkpointing.key.clone(),
@@ -667,7 +661,6 @@ fn upload_checkpoints(
             layer_sha256: String::new(),
             source: validator.filter(|v| !v.is_empty()),
         },
-        session,
         latest: checkpointing.latest.clone(),
         interval: checkpointing.interval,
         // Soon, to record the session in case the daemon dies; not at once, so that a short
@@ -734,8 +727,7 @@ impl UploadCheckpoints {
         let layer = upload.snapshot().await?;
         let mut checkpoint = self.template.clone();
         checkpoint.offset = layer.written;
-        let (dvcr, session, latest) =
-            (self.dvcr.clone(), self.session.clone(), self.latest.clone());
+        let (probe, latest) = (self.probe.clone(), self.latest.clone());
         let covered = crate::dvcr::layout::HEADERS_LEN + layer.written;
         self.confirming = Some(tokio::spawn(async move {
             let Ok(states) = states.collect(layer.layer_state).await else {
@@ -744,11 +736,11 @@ impl UploadCheckpoints {
             (checkpoint.sha256, checkpoint.md5, checkpoint.layer_sha256) = states.encode();
             let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
             while tokio::time::Instant::now() < deadline {
-                match dvcr.upload_status(&checkpoint.repository, &session).await {
+                match probe.held().await {
                     // The registry writes what it receives through a small buffer, flushed
                     // when the request ends (as it does when this process dies): bytes in it
                     // count as held.
-                    Ok(Some((status, _))) if status.size + REGISTRY_WRITE_BUFFER >= covered => {
+                    Ok(Some(held)) if held + REGISTRY_WRITE_BUFFER >= covered => {
                         latest.send_replace(Some(checkpoint));
                         return true;
                     }

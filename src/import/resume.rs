@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::api::{ClusterVirtualImage, ImagePhase};
 use crate::dvcr::Dvcr;
 use crate::import::checkpoint::{self, Checkpoint, ImportKey};
-use crate::import::pipeline::{Checkpointing, ImportError};
+use crate::import::pipeline::{Checkpointing, ImportError, cancel_left_session};
 use crate::k8s::checkpoints::CheckpointStore;
 
 /// The checkpoints of one running import.
@@ -49,7 +49,7 @@ impl ImportCheckpoints {
             }
         };
         if !can_resume && let Some(left) = found.take() {
-            cancel_session(dvcr, &left).await;
+            cancel_left_session(dvcr, &left).await;
             if let Err(error) = store.delete(&uid).await {
                 tracing::warn!(image = %image.name_any(), %error, "cannot delete the import's checkpoint");
             }
@@ -88,11 +88,13 @@ impl ImportCheckpoints {
         if matches!(outcome, Err(ImportError::Cancelled)) {
             return;
         }
-        // A session the import did not go on with (an earlier run's, when this one mounted
-        // or failed before reaching it) is cancelled; a committed one is already gone.
+        // A failed import may leave a session: one an attempt kept open for the next, or an
+        // earlier run's it never reached. A stored one's session was committed, so is gone.
         let latest = self.checkpointing.latest.borrow().clone();
-        if let Some(latest) = latest {
-            cancel_session(&self.dvcr, &latest).await;
+        if outcome.is_err()
+            && let Some(latest) = latest
+        {
+            cancel_left_session(&self.dvcr, &latest).await;
         }
         if !self.written.load(Ordering::Relaxed) {
             // An import shorter than the checkpoint interval wrote none.
@@ -143,19 +145,12 @@ async fn mirror(
 /// going away).
 pub async fn discard(store: &CheckpointStore, dvcr: &Dvcr, uid: &str) {
     match store.load(uid).await {
-        Ok(Some(found)) => cancel_session(dvcr, &found).await,
+        Ok(Some(found)) => cancel_left_session(dvcr, &found).await,
         Ok(None) => {}
         Err(error) => tracing::warn!(uid, %error, "cannot read the import's checkpoint"),
     }
     if let Err(error) = store.delete(uid).await {
         tracing::warn!(uid, %error, "cannot delete the import's checkpoint");
-    }
-}
-
-async fn cancel_session(dvcr: &Dvcr, found: &Checkpoint) {
-    if let Ok(session) = url::Url::parse(&found.session) {
-        dvcr.cancel_upload_session(&found.repository, &session)
-            .await;
     }
 }
 
@@ -217,7 +212,7 @@ pub async fn sweep(
         }
         tracing::info!(lease = %found.lease, "sweeping the checkpoint of an import that no longer runs");
         if let Some(checkpoint) = &found.checkpoint {
-            cancel_session(dvcr, checkpoint).await;
+            cancel_left_session(dvcr, checkpoint).await;
         }
         store.delete_lease(&found.lease).await?;
     }
