@@ -1,8 +1,8 @@
 //! Follows the unpacked byte stream: keeps the bytes the format parsers ask for and counts
 //! the rest.
 
-use super::formats::{self, Detected, HEAD_MAX, Next, WindowKind};
-use super::{DiskFormat, InspectError};
+use super::formats::{self, Declarer, Detected, Extent, HEAD_MAX, Next, WindowKind};
+use super::{DiskFormat, InspectError, human_size};
 
 enum Phase {
     /// Collecting the first `want` bytes; the head holds every byte seen so far.
@@ -17,6 +17,7 @@ enum Phase {
     },
     Count {
         iso: bool,
+        extent: Extent,
     },
     Done(Detected),
 }
@@ -54,7 +55,8 @@ impl Analyzer {
             return Err(InspectError::UnpackedSizeLimitExceeded { limit: self.limit });
         }
         // The hot path for raw and ISO images: count and keep the tail.
-        if let Phase::Count { .. } = self.phase {
+        if let Phase::Count { iso, extent } = &self.phase {
+            past_declared(*iso, extent, end)?;
             self.pos = end;
             self.tail.push(data);
             return Ok(());
@@ -84,7 +86,8 @@ impl Analyzer {
                         buf.len() == *len
                     }
                 }
-                Phase::Count { .. } => {
+                Phase::Count { iso, extent } => {
+                    past_declared(*iso, extent, end)?;
                     self.pos = end;
                     self.tail.push(data);
                     return Ok(());
@@ -106,7 +109,7 @@ impl Analyzer {
         loop {
             match &self.phase {
                 Phase::Head { .. } | Phase::Window { .. } => self.step(true)?,
-                Phase::Count { iso } => return self.counted(*iso),
+                Phase::Count { iso, extent } => return self.counted(*iso, extent),
                 Phase::Done(found) => return Ok(*found),
             }
         }
@@ -184,11 +187,12 @@ impl Analyzer {
                     };
                     return Ok(());
                 }
-                Next::Count { iso } => {
+                Next::Count { iso, extent } => {
                     // Entered from the head, which holds the whole stream so far.
+                    past_declared(iso, &extent, self.pos)?;
                     self.tail.push(&self.head);
                     self.head = Vec::new();
-                    self.phase = Phase::Count { iso };
+                    self.phase = Phase::Count { iso, extent };
                     return Ok(());
                 }
                 Next::Done(found) => {
@@ -200,7 +204,7 @@ impl Analyzer {
         }
     }
 
-    fn counted(&self, iso: bool) -> Result<Detected, InspectError> {
+    fn counted(&self, iso: bool, extent: &Extent) -> Result<Detected, InspectError> {
         if self.pos == 0 {
             return Err(InspectError::Corrupt(
                 "the image is empty (0 bytes): check that the URL points to the image file"
@@ -210,6 +214,11 @@ impl Analyzer {
         let tail = self.tail.get();
         if let Some(vhd) = formats::fixed_vhd(&tail)? {
             return Ok(vhd);
+        }
+        if let Some((declared, by)) = extent.at_least
+            && self.pos < declared
+        {
+            return Err(short_of_declared(iso, by, self.pos, declared));
         }
         Ok(Detected {
             format: if iso {
@@ -221,6 +230,41 @@ impl Analyzer {
             cdrom: iso,
         })
     }
+}
+
+/// An ISO that goes on past what it declares: refused as soon as it does, so an endless
+/// source ends here.
+fn past_declared(iso: bool, extent: &Extent, end: u64) -> Result<(), InspectError> {
+    match extent.at_most {
+        Some(bound) if iso && end > bound => Err(InspectError::Corrupt(format!(
+            "the ISO image goes on past {}, well beyond the end its volume descriptor and \
+             partition table declare: data was appended to it, or the source sends more than \
+             the file; check the source file against its published checksum",
+            human_size(bound)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn short_of_declared(iso: bool, by: Declarer, got: u64, declared: u64) -> InspectError {
+    let (image, declarer) = match (iso, by) {
+        (true, Declarer::IsoVolume) => ("ISO image", "its volume descriptor declares"),
+        (true, Declarer::Gpt) => ("ISO image", "its GPT partition table declares"),
+        (false, _) => (
+            "raw disk image",
+            "its GPT partition table puts the end of the disk at",
+        ),
+    };
+    // Sizes within a percent of each other read the same rounded: then give the bytes.
+    let (got, declared) = if declared - got < declared / 100 {
+        (format!("{got} bytes"), format!("{declared} bytes"))
+    } else {
+        (human_size(got), human_size(declared))
+    };
+    InspectError::Corrupt(format!(
+        "the {image} ends after {got}, but {declarer} {declared}: the file is truncated (an \
+         interrupted download or copy); check the source file against its published checksum"
+    ))
 }
 
 fn truncated(what: &str, at: u64) -> InspectError {

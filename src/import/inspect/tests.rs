@@ -618,6 +618,64 @@ fn iso_images() {
     }
 }
 
+/// The refusal of `data` in every variant and chunking, with `reason`; returns the message.
+fn refused_bytes(data: &[u8], reason: &str, what: &str) -> String {
+    let mut message = String::new();
+    for (compression, data) in variants(data) {
+        let err = inspect_all(&data).expect_err(&format!("{what} ({compression:?}) is refused"));
+        assert_eq!(err.reason(), reason, "{what} ({compression:?}): {err}");
+        message = err.to_string();
+    }
+    message
+}
+
+#[test]
+fn an_iso_short_of_its_volume_or_far_past_it_is_refused_as_is_a_raw_disk_short_of_its_gpt() {
+    if !tools() || !have("xorriso") || !have("sfdisk") {
+        eprintln!("SKIPPED: xorriso or sfdisk (fdisk) missing");
+        return;
+    }
+    let images = Images::new();
+    let iso = std::fs::read(images.iso()).unwrap();
+    let message = refused_bytes(&iso[..iso.len() - 2048], "CorruptImage", "a cut ISO");
+    assert!(
+        message.contains("ends after") && message.contains("its volume descriptor declares"),
+        "{message}"
+    );
+    let mut appended = iso.clone();
+    appended.extend(disk_content(3 << 20));
+    let message = refused_bytes(&appended, "CorruptImage", "an ISO with 3 MiB appended");
+    assert!(message.contains("goes on past 2 MiB"), "{message}");
+    // Padding to the next MiB, as isohybrid does, is an ISO still.
+    let mut padded = iso.clone();
+    padded.resize(1 << 20, 0);
+    assert_eq!(inspect_all(&padded).unwrap().format, DiskFormat::Iso);
+
+    let disk = images.path("gpt.raw");
+    std::fs::write(&disk, disk_content(4 << 20)).unwrap();
+    filter(
+        "sfdisk",
+        &[
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            disk.to_str().unwrap(),
+        ],
+        b"label: gpt\n,,L\n",
+    );
+    assert_image(&disk, None, DiskFormat::Raw);
+    let gpt = std::fs::read(&disk).unwrap();
+    let message = refused_bytes(&gpt[..gpt.len() - 512], "CorruptImage", "a cut GPT disk");
+    assert!(
+        message.contains("puts the end of the disk at 4 MiB") && message.contains("truncated"),
+        "{message}"
+    );
+    // Grown without moving its backup header, as `qemu-img resize` leaves it: still a disk.
+    let mut grown = gpt.clone();
+    grown.resize(5 << 20, 0);
+    assert_eq!(inspect_all(&grown).unwrap().virtual_size, 5 << 20);
+}
+
 #[test]
 fn truncated_compressed_raw_is_corrupt() {
     if !tools() {

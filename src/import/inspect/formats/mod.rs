@@ -3,12 +3,14 @@
 //!
 //! Sizes follow what `qemu-img info` reports, since the images are later read with QEMU.
 
+mod extent;
 mod qcow2;
 mod vdi;
 mod vhd;
 mod vhdx;
 mod vmdk;
 
+pub(super) use extent::{Declarer, Extent};
 pub(super) use vhd::fixed_vhd;
 
 use super::{DiskFormat, GZIP_MAGIC, InspectError, XZ_MAGIC};
@@ -36,9 +38,11 @@ pub(super) enum Next {
         len: usize,
         kind: WindowKind,
     },
-    /// Everything: the size is the unpacked length (raw, or ISO if `iso`).
+    /// Everything: the size is the unpacked length (raw, or ISO if `iso`), within what the
+    /// image declares of its own length.
     Count {
         iso: bool,
+        extent: Extent,
     },
     Done(Detected),
 }
@@ -50,6 +54,8 @@ pub(super) const HEAD_MAX: usize = 2 << 20;
 /// The ISO 9660 volume descriptor identifier "CD001" at 32769.
 const ISO_ID_AT: usize = 0x8001;
 const ISO_PROBE: usize = ISO_ID_AT + 5;
+/// An ISO's head reaches the sizes in its primary volume descriptor.
+const ISO_HEAD: usize = extent::ISO_HEAD;
 
 /// Parses the first bytes of the image; `eof` when they are all there is.
 pub(super) fn probe(h: &[u8], eof: bool) -> Result<Next, InspectError> {
@@ -77,16 +83,17 @@ pub(super) fn probe(h: &[u8], eof: bool) -> Result<Next, InspectError> {
     if let Some(err) = foreign(h) {
         return Err(err);
     }
-    if h.len() < ISO_PROBE {
-        // Shorter than an ISO's volume descriptors: raw, however short.
-        return Ok(if eof {
-            Next::Count { iso: false }
-        } else {
-            Next::Head(ISO_PROBE)
-        });
+    if h.len() < ISO_HEAD && !eof {
+        return Ok(Next::Head(ISO_HEAD));
+    }
+    // Shorter than an ISO's volume descriptors: raw, however short.
+    let iso = h.get(ISO_ID_AT..ISO_PROBE) == Some(&b"CD001"[..]);
+    if iso && h.len() < ISO_HEAD {
+        return Err(truncated_header("ISO"));
     }
     Ok(Next::Count {
-        iso: h[ISO_ID_AT..ISO_PROBE] == *b"CD001",
+        iso,
+        extent: Extent::of(h, iso),
     })
 }
 
@@ -144,6 +151,9 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes(b, at))
+}
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes(bytes(b, at))
 }
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(bytes(b, at))
