@@ -14,6 +14,7 @@ pub mod egress;
 pub mod fuzzing;
 pub mod git;
 pub mod import;
+pub mod inspect_cli;
 pub mod k8s;
 pub mod metrics;
 pub mod net;

@@ -32,6 +32,10 @@ enum Command {
     /// Verify one stored image now: its manifest, layer digest and disk checksums in DVCR.
     /// Prints the result, records the image's Verified condition, exits 1 unless verified.
     Verify(image_catalog::verify_cli::VerifyArgs),
+    /// Check disk image files as an import would, without a cluster: format, compression,
+    /// virtual size and sha256, or the reason the import would refuse the file (exit status
+    /// 1).
+    Inspect(image_catalog::inspect_cli::InspectArgs),
     /// Print the JSON Schema of catalog files (for editors), generated from the code.
     Schema {
         /// Write it to this file instead of printing it.
@@ -70,6 +74,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path } => validate(&path),
+        Command::Inspect(args) => Ok(if image_catalog::inspect_cli::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Verify(args) => {
             let verified = tokio::runtime::Runtime::new()
                 .context("starting the async runtime")?
@@ -157,6 +166,7 @@ fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Schema { .. }
         | Command::Validate { .. }
         | Command::Plan(_)
-        | Command::Verify(_) => Ok(()),
+        | Command::Verify(_)
+        | Command::Inspect(_) => Ok(()),
     }
 }

@@ -1,5 +1,5 @@
-//! Every bad catalog of `tests/corpus/catalog` gets exactly the problems its `expect` file
-//! lists, from the real `image-catalog validate`, and exit status 1.
+//! The checked-in corpora of bad input, each case with the answer it must get from the real
+//! binary: catalogs (`image-catalog validate`) and disk images (`image-catalog inspect`).
 
 mod common;
 
@@ -48,4 +48,50 @@ fn every_bad_catalog_gets_the_problems_it_must_get() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_image_of_the_corpus_gets_the_verdict_it_must_get() {
+    let corpus = common::repo_root().join("tests/corpus/images");
+    let mut files: Vec<String> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !matches!(name.as_str(), "make" | "expect" | "README.md"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "the corpus is there: {files:?}");
+    let output = Command::new(env!("CARGO_BIN_EXE_image-catalog"))
+        .args(["inspect", "--max-unpacked-size", "67108864"])
+        .args(&files)
+        .current_dir(&corpus)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "refusals make the exit status 1: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = std::fs::read_to_string(corpus.join("expect"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let wrong: Vec<String> = files
+        .iter()
+        .map(|file| {
+            let prefix = format!("{file}: ");
+            let find =
+                |lines: &[String]| lines.iter().find(|line| line.starts_with(&prefix)).cloned();
+            (find(&got), find(&expected))
+        })
+        .filter(|(got, expected)| got != expected || expected.is_none())
+        .map(|(got, expected)| format!("    got:      {got:?}\n    expected: {expected:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert_eq!(got.len(), files.len(), "one line per file: {got:?}");
 }
