@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::file_server::{Behavior, FileServer};
 use common::git_server::{GitDaemon, HttpGitServer, SshGitServer, TestRepo, git};
-use common::{TestEnv, testenv, wait_for};
+use common::{TestEnv, raw_http, testenv, wait_for};
 use serde_json::Value;
 
 const SUITE_LABEL: &str = "image-catalog.test/suite";
@@ -833,18 +833,7 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
 /// Writes `request` to the webhook port and reads until the daemon closes the connection;
 /// what it answered.
 fn hold_webhook_connection(request: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", world().webhook_port)).unwrap();
-    stream.write_all(request).unwrap();
-    // Far longer than the daemon's limits (10 s), so only the daemon ends the wait.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .expect("the daemon closes the connection itself");
-    String::from_utf8_lossy(&answer).into_owned()
+    raw_http::exchange(&format!("127.0.0.1:{}", world().webhook_port), request)
 }
 
 #[test]
@@ -877,6 +866,63 @@ fn the_webhook_endpoint_closes_on_clients_that_never_finish_their_headers_or_bod
     let body = body.join().unwrap();
     // Refused like any call: the catalog exists only while this test runs.
     assert!(body.starts_with("HTTP/1.1 403"), "{body:?}");
+}
+
+#[test]
+fn every_call_of_the_webhook_corpus_gets_its_answer_and_every_refusal_is_the_same() {
+    let (catalog, catalog_off) = ("cat-corpus", "cat-corpus-off");
+    let _cleanup = Cleanup::fresh(catalog);
+    let _cleanup_off = Cleanup::fresh(catalog_off);
+    // Suspended: the accepted calls need no Git behind them.
+    apply_catalog(catalog, "git://127.0.0.1:9/none.git", "  suspend: true\n");
+    apply(&format!(
+        "apiVersion: imagecatalog.dev/v1alpha1\nkind: ImageCatalog\nmetadata: {{name: {catalog_off}}}\n\
+         spec:\n  git: {{url: 'git://127.0.0.1:9/none.git', ref: {{branch: main}}}}\n  suspend: true\n"
+    ));
+    let (cases, expected) = raw_http::corpus(&common::repo_root().join("tests/corpus/webhooks"));
+    let words = [
+        ("catalog", catalog),
+        ("catalog-off", catalog_off),
+        ("token", WEBHOOK_SECRET),
+    ];
+    let address = format!("127.0.0.1:{}", world().webhook_port);
+    // Eight at a time: the cut-off body waits out the daemon's 10 s body timeout, and the
+    // daemon answers 503 beyond 16 calls at once, this binary's other tests included.
+    let mut answers: Vec<(String, String)> = Vec::new();
+    for batch in cases.chunks(8) {
+        let calls: Vec<_> = batch
+            .iter()
+            .map(|case| {
+                let request = raw_http::request(case, &words, Some(WEBHOOK_SECRET.as_bytes()));
+                let (name, address) = (raw_http::case_name(case), address.clone());
+                std::thread::spawn(move || (name, raw_http::exchange(&address, &request)))
+            })
+            .collect();
+        answers.extend(calls.into_iter().map(|call| call.join().unwrap()));
+    }
+    let mut wrong = Vec::new();
+    let mut refusals = std::collections::BTreeSet::new();
+    for (name, answer) in &answers {
+        let status = raw_http::status(answer);
+        let want = expected
+            .iter()
+            .find(|(case, _)| case == name)
+            .map(|(_, status)| status.as_str());
+        if want != Some(status) {
+            wrong.push(format!(
+                "{name}: got {status}, expected {want:?}: {answer:?}"
+            ));
+        }
+        if status == "403" {
+            refusals.insert(raw_http::body(answer).to_string());
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert_eq!(
+        refusals.len(),
+        1,
+        "every refusal reads the same: {refusals:?}"
+    );
 }
 
 #[test]

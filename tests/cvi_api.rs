@@ -116,7 +116,7 @@ fn documented_examples_are_accepted_and_listed_with_the_documented_columns() {
 #[test]
 fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
     let env = testenv();
-    let corpus = yaml_files("tests/fixtures/invalid-cvi");
+    let corpus = yaml_files("tests/corpus/cvi");
     assert!(
         corpus.len() >= 15,
         "the invalid corpus shrank to {}",

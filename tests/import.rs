@@ -1186,6 +1186,105 @@ fn a_broken_upload_leaves_the_image_waiting_and_nothing_tagged() {
     assert_eq!(phase(&settled(world.env, "upload-broken")), "Ready");
 }
 
+/// The image's upload URL once it waits at one other than `old`.
+fn upload_url_other_than(name: &str, old: &str) -> String {
+    let waiting = wait_for(
+        &format!("{name} to wait at a new URL"),
+        Duration::from_secs(60),
+        || {
+            get(world().env, name).filter(|cvi| {
+                phase(cvi) == "WaitForUserUpload"
+                    && cvi["status"]["imageUploadURLs"]["external"]
+                        .as_str()
+                        .is_some_and(|url| url != old)
+            })
+        },
+    );
+    waiting["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn every_request_of_the_upload_corpus_gets_its_answer_and_only_a_real_upload_uses_the_url() {
+    let world = world();
+    let name = "upload-corpus";
+    let cvi = upload_image(name);
+    let first = cvi["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (cases, expected) =
+        common::raw_http::corpus(&common::repo_root().join("tests/corpus/uploads"));
+    let answer_of = |case: &Path, url: &str| {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let path = format!("/{path}");
+        let token = path.rsplit('/').next().unwrap();
+        let wrong = format!("/upload/{}", "0".repeat(token.len()));
+        let half = &path[..path.len() - token.len() / 2];
+        let words = [
+            ("host", host),
+            ("path", path.as_str()),
+            ("wrong-path", wrong.as_str()),
+            ("half-path", half),
+        ];
+        let answer =
+            common::raw_http::exchange(host, &common::raw_http::request(case, &words, None));
+        let body = common::raw_http::body(&answer)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let status = common::raw_http::status(&answer).to_string();
+        if body.is_empty() {
+            status
+        } else {
+            format!("{status} {body}")
+        }
+    };
+    let mut wrong = Vec::new();
+    let mut check = |case: &Path, got: String| {
+        let case = common::raw_http::case_name(case);
+        let want = expected
+            .iter()
+            .find(|(name, _)| *name == case)
+            .map(|(_, answer)| answer);
+        if want != Some(&got) {
+            wrong.push(format!(
+                "{case}:\n    got:      {got}\n    expected: {want:?}"
+            ));
+        }
+    };
+    // What never starts an upload leaves the image waiting at the same URL.
+    let (uploads, refusals): (Vec<_>, Vec<_>) = cases.iter().partition(|case| {
+        let case = common::raw_http::case_name(case);
+        expected
+            .iter()
+            .any(|(name, answer)| *name == case && answer.starts_with("422"))
+    });
+    for case in &refusals {
+        check(case, answer_of(case, &first));
+    }
+    let still = get(world.env, name).unwrap();
+    assert_eq!(phase(&still), "WaitForUserUpload");
+    assert_eq!(
+        still["status"]["imageUploadURLs"]["external"],
+        first.as_str()
+    );
+    // Each refused upload is answered with the reason, and the next goes to a new URL.
+    let mut url = first;
+    for case in &uploads {
+        check(case, answer_of(case, &url));
+        url = upload_url_other_than(name, &url);
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    let (code, body) = curl_upload(&url, &world.images.join("disk.qcow2"), &[]);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(phase(&settled(world.env, name)), "Ready");
+}
+
 #[test]
 fn an_image_nobody_uploads_to_fails_after_the_timeout_and_says_to_recreate_it() {
     let world = world();

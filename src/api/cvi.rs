@@ -118,41 +118,35 @@ mod tests {
     /// the failure must contain.
     const CEL_VIOLATIONS: [(&str, &str); 8] = [
         (
-            include_str!("../../tests/fixtures/invalid-cvi/06-http-type-without-http.yaml"),
+            include_str!("../../tests/corpus/cvi/06-http-type-without-http.yaml"),
             "http is required",
         ),
         (
-            include_str!("../../tests/fixtures/invalid-cvi/07-http-with-container-image.yaml"),
+            include_str!("../../tests/corpus/cvi/07-http-with-container-image.yaml"),
             "containerImage must not be set",
         ),
         (
-            include_str!(
-                "../../tests/fixtures/invalid-cvi/11-objectref-virtualimage-without-namespace.yaml"
-            ),
+            include_str!("../../tests/corpus/cvi/11-objectref-virtualimage-without-namespace.yaml"),
             "namespace is required",
         ),
         (
-            include_str!("../../tests/fixtures/invalid-cvi/13-upload-with-http-block.yaml"),
+            include_str!("../../tests/corpus/cvi/13-upload-with-http-block.yaml"),
             "http must not be set",
         ),
         (
-            include_str!(
-                "../../tests/fixtures/invalid-cvi/14-container-image-type-without-block.yaml"
-            ),
+            include_str!("../../tests/corpus/cvi/14-container-image-type-without-block.yaml"),
             "containerImage is required",
         ),
         (
-            include_str!(
-                "../../tests/fixtures/invalid-cvi/18-objectref-virtualdisk-without-namespace.yaml"
-            ),
+            include_str!("../../tests/corpus/cvi/18-objectref-virtualdisk-without-namespace.yaml"),
             "namespace is required",
         ),
         (
-            include_str!("../../tests/fixtures/invalid-cvi/24-name-longer-than-128.yaml"),
+            include_str!("../../tests/corpus/cvi/24-name-longer-than-128.yaml"),
             "128 characters",
         ),
         (
-            include_str!("../../tests/fixtures/invalid-cvi/27-objectref-with-http.yaml"),
+            include_str!("../../tests/corpus/cvi/27-objectref-with-http.yaml"),
             "http must not be set",
         ),
     ];

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod file_server;
 pub mod forge;
 pub mod git_server;
+pub mod raw_http;
 pub mod source_registry;
 pub mod stored;
 
