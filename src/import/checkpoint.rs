@@ -109,6 +109,9 @@ pub fn decide(found: &Checkpoint, key: &ImportKey, repository: &str, wants_md5: 
     if found.source.as_ref().is_none_or(SourceValidator::is_empty) {
         return Resume::Discard("its source cannot be opened at an offset");
     }
+    if found.offset == 0 {
+        return Resume::Discard("it was saved before any byte of the file reached DVCR");
+    }
     if found.offset > found.file_size {
         return Resume::Discard("it covers more bytes than the file has");
     }

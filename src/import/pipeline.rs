@@ -67,6 +67,9 @@ pub struct Checkpointing {
     pub latest: tokio::sync::watch::Sender<Option<Checkpoint>>,
     /// How often to save one.
     pub interval: std::time::Duration,
+    /// The upload session of the newest checkpoint the caller has saved where the next run
+    /// finds it.
+    pub saved: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Counters the status writer samples while the import runs.
@@ -295,10 +298,13 @@ async fn store_from(
             progress.start(announced);
             let stages = Stages::start(want_md5, Some(settings.inspect.clone()), None);
             let sink = match announced {
-                Some(size) => Sink::Upload(Box::new(
-                    dvcr.start_disk_layer(&request.repository, &file_name, size)
-                        .await?,
-                )),
+                Some(size) => {
+                    let upload = dvcr
+                        .start_disk_layer(&request.repository, &file_name, size)
+                        .await?;
+                    record_session(request, &upload, &file_name, size, source.validator()).await;
+                    Sink::Upload(Box::new(upload))
+                }
                 None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
             };
             (file_name, announced, stages, sink, false)
@@ -323,15 +329,12 @@ async fn store_from(
             )
         }
     };
-    let mut checkpoints = match (&sink, &request.checkpointing, source.validator()) {
-        (Sink::Upload(upload), Some(checkpointing), validator) => upload_checkpoints(
-            request,
-            checkpointing,
-            upload,
-            &file_name,
-            announced,
-            validator,
-        ),
+    let mut checkpoints = match (&sink, &request.checkpointing, announced) {
+        (Sink::Upload(upload), Some(checkpointing), Some(size)) => {
+            session_checkpoint(request, upload, &file_name, size, source.validator()).and_then(
+                |template| UploadCheckpoints::new(template, upload.probe()?, checkpointing),
+            )
+        }
         _ => None,
     };
     if let (Some(_), Sink::Upload(upload)) = (&checkpoints, &mut sink) {
@@ -397,7 +400,7 @@ async fn store_from(
         },
         Sink::Spool(spool) => {
             spool
-                .upload(dvcr, &request.repository, &file_name, received, cancel)
+                .upload(dvcr, request, &file_name, received, cancel)
                 .await?
         }
     };
@@ -637,37 +640,83 @@ struct UploadCheckpoints {
     confirming: Option<tokio::task::JoinHandle<bool>>,
 }
 
-fn upload_checkpoints(
+/// The checkpoint that names a new upload session before any byte of the file is in it:
+/// it covers nothing, so the next run cancels the session instead of going on from it.
+fn session_checkpoint(
     request: &ImportRequest,
-    checkpointing: &Checkpointing,
     upload: &DiskLayerUpload,
     file_name: &str,
-    file_size: Option<u64>,
+    file_size: u64,
     validator: Option<SourceValidator>,
-) -> Option<UploadCheckpoints> {
-    let session = upload.session_url()?;
-    Some(UploadCheckpoints {
-        probe: upload.probe()?,
-        template: Checkpoint {
-            version: checkpoint::VERSION,
-            image: checkpointing.key.clone(),
-            repository: request.repository.clone(),
-            session: session.to_string(),
-            file_name: file_name.to_string(),
-            file_size: file_size?,
-            offset: 0,
-            sha256: String::new(),
-            md5: None,
-            layer_sha256: String::new(),
-            source: validator.filter(|v| !v.is_empty()),
-        },
-        latest: checkpointing.latest.clone(),
-        interval: checkpointing.interval,
-        // Soon, to record the session in case the daemon dies; not at once, so that a short
-        // import writes no checkpoint at all.
-        next: tokio::time::Instant::now() + checkpointing.interval.min(FIRST_CHECKPOINT),
-        confirming: None,
+) -> Option<Checkpoint> {
+    let checkpointing = request.checkpointing.as_ref()?;
+    Some(Checkpoint {
+        version: checkpoint::VERSION,
+        image: checkpointing.key.clone(),
+        repository: request.repository.clone(),
+        session: upload.session_url()?.to_string(),
+        file_name: file_name.to_string(),
+        file_size,
+        offset: 0,
+        sha256: String::new(),
+        md5: None,
+        layer_sha256: String::new(),
+        source: validator.filter(|v| !v.is_empty()),
     })
+}
+
+/// Saves where the next run finds it that `upload`'s session exists, and waits for that
+/// (up to [`RECORD_TIMEOUT`]) before any byte goes into it: a daemon killed at any later
+/// moment leaves no session that nothing names.
+async fn record_session(
+    request: &ImportRequest,
+    upload: &DiskLayerUpload,
+    file_name: &str,
+    file_size: u64,
+    validator: Option<SourceValidator>,
+) {
+    let (Some(checkpointing), Some(record)) = (
+        &request.checkpointing,
+        session_checkpoint(request, upload, file_name, file_size, validator),
+    ) else {
+        return;
+    };
+    let session = record.session.clone();
+    checkpointing.latest.send_replace(Some(record));
+    let mut saved = checkpointing.saved.clone();
+    let recorded = tokio::time::timeout(
+        RECORD_TIMEOUT,
+        saved.wait_for(|saved| saved.as_deref() == Some(session.as_str())),
+    )
+    .await;
+    if !matches!(recorded, Ok(Ok(_))) {
+        tracing::warn!(
+            repository = %request.repository,
+            "the new DVCR upload session is not recorded yet; the import goes on (a daemon \
+             killed before it is leaves the session to the registry's own purge)"
+        );
+    }
+}
+
+/// How long an import waits for its new upload session to be recorded.
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl UploadCheckpoints {
+    fn new(
+        template: Checkpoint,
+        probe: SessionProbe,
+        checkpointing: &Checkpointing,
+    ) -> Option<Self> {
+        Some(Self {
+            template,
+            probe,
+            latest: checkpointing.latest.clone(),
+            interval: checkpointing.interval,
+            // Soon, so that little is fetched again after a kill.
+            next: tokio::time::Instant::now() + checkpointing.interval.min(FIRST_CHECKPOINT),
+            confirming: None,
+        })
+    }
 }
 
 /// When an upload's first checkpoint is taken.
@@ -707,12 +756,13 @@ impl UploadCheckpoints {
         now >= self.next
     }
 
-    /// Whether a checkpoint of this upload session was published: a later run can find it.
+    /// Whether a checkpoint of this upload session that covers bytes was published: a later
+    /// run can go on from it.
     fn saved_any(&self) -> bool {
         self.latest
             .borrow()
             .as_ref()
-            .is_some_and(|c| c.session == self.template.session)
+            .is_some_and(|c| c.session == self.template.session && c.offset > 0)
     }
 
     /// Takes a snapshot at the current position of the stream; it is published once DVCR
@@ -1148,7 +1198,7 @@ impl Spool {
     async fn upload(
         mut self,
         dvcr: &Dvcr,
-        repository: &str,
+        request: &ImportRequest,
         file_name: &str,
         size: u64,
         cancel: &CancellationToken,
@@ -1157,7 +1207,10 @@ impl Spool {
         let mut file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| self.error(e))?;
-        let mut upload = dvcr.start_disk_layer(repository, file_name, size).await?;
+        let mut upload = dvcr
+            .start_disk_layer(&request.repository, file_name, size)
+            .await?;
+        record_session(request, &upload, file_name, size, None).await;
         loop {
             let mut buffer = bytes::BytesMut::with_capacity(SPOOL_CHUNK);
             let read = tokio::select! {

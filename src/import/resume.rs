@@ -55,12 +55,14 @@ impl ImportCheckpoints {
             }
         }
         let written = Arc::new(AtomicBool::new(found.is_some()));
+        let (saved_sender, saved) = watch::channel(found.as_ref().map(|c| c.session.clone()));
         let (latest, updates) = watch::channel(found);
         let mirror = tokio::spawn(mirror(
             store.clone(),
             image.clone(),
             updates,
             written.clone(),
+            saved_sender,
         ));
         Self {
             checkpointing: Checkpointing {
@@ -70,6 +72,7 @@ impl ImportCheckpoints {
                 },
                 latest,
                 interval,
+                saved,
             },
             store: store.clone(),
             dvcr: dvcr.clone(),
@@ -97,7 +100,7 @@ impl ImportCheckpoints {
             cancel_left_session(&self.dvcr, &latest).await;
         }
         if !self.written.load(Ordering::Relaxed) {
-            // An import shorter than the checkpoint interval wrote none.
+            // An import that opened no DVCR session (a copy by mount) wrote none.
             return;
         }
         // Retried for a while (the apiserver may be away): a checkpoint left behind would
@@ -119,19 +122,25 @@ impl ImportCheckpoints {
 }
 
 /// Writes each new checkpoint into the Lease (the newest only, when writes are slower than
-/// checkpoints), and deletes it when there is none to go on from.
+/// checkpoints), and deletes it when there is none to go on from; `saved` tells the session
+/// of each one written.
 async fn mirror(
     store: CheckpointStore,
     image: ClusterVirtualImage,
     mut updates: watch::Receiver<Option<Checkpoint>>,
     written: Arc<AtomicBool>,
+    saved: watch::Sender<Option<String>>,
 ) {
     while updates.changed().await.is_ok() {
         let latest = updates.borrow_and_update().clone();
         let result = match &latest {
             Some(checkpoint) => {
                 written.store(true, Ordering::Relaxed);
-                store.save(&image, checkpoint).await
+                let result = store.save(&image, checkpoint).await;
+                if result.is_ok() {
+                    saved.send_replace(Some(checkpoint.session.clone()));
+                }
+                result
             }
             None => store.delete(&image.uid().unwrap_or_default()).await,
         };

@@ -81,8 +81,13 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The live process `pid`; None when there is none. A zombie (killed, not yet reaped by
+    /// its parent) writes nothing more: it counts as gone.
     fn of_pid(pid: u32) -> Option<Self> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        if is_zombie(&stat) {
+            return None;
+        }
         Some(Self {
             pid,
             start: start_time(&stat)?,
@@ -93,6 +98,13 @@ impl Owner {
         let pid = std::process::id();
         Self::of_pid(pid).unwrap_or(Self { pid, start: 0 })
     }
+}
+
+/// Field 3 of /proc/<pid>/stat, the state: Z (zombie) or X (dead).
+fn is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, after_name)| after_name.split_whitespace().next())
+        .is_some_and(|state| matches!(state, "Z" | "X"))
 }
 
 /// Field 22 of /proc/<pid>/stat, after the command name (which may hold spaces and parens).
@@ -220,6 +232,10 @@ mod tests {
         let stat = "4242 (image (catalog) x) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
         assert_eq!(start_time(stat), Some(987654));
         assert_eq!(start_time("garbage"), None);
+        assert!(!is_zombie(stat));
+        // Killed and not yet reaped: its files are left behind.
+        assert!(is_zombie(&stat.replacen(") S ", ") Z ", 1)));
+        assert!(!is_zombie("garbage"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct CutProxy {
     rate: Arc<AtomicU64>,
     /// Both ends of every connection forwarded so far.
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// Bytes the server sent through the proxy, over all connections.
+    down: Arc<AtomicU64>,
 }
 
 impl CutProxy {
@@ -26,6 +28,8 @@ impl CutProxy {
         let registered = open.clone();
         let rate: Arc<AtomicU64> = Arc::default();
         let paced = rate.clone();
+        let down: Arc<AtomicU64> = Arc::default();
+        let counted = down.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -42,12 +46,23 @@ impl CutProxy {
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
-                let (up, down) = (paced.clone(), paced.clone());
-                std::thread::spawn(move || pipe(client, server_copy, &up));
-                std::thread::spawn(move || pipe(server, client_copy, &down));
+                let (up_rate, down_rate, counted) = (paced.clone(), paced.clone(), counted.clone());
+                let uncounted = AtomicU64::new(0);
+                std::thread::spawn(move || pipe(client, server_copy, &up_rate, &uncounted));
+                std::thread::spawn(move || pipe(server, client_copy, &down_rate, &counted));
             }
         });
-        Self { addr, rate, open }
+        Self {
+            addr,
+            rate,
+            open,
+            down,
+        }
+    }
+
+    /// Bytes the server has sent to clients through the proxy so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
     }
 
     /// From now on, at most `bytes_per_second` each way per connection: a server far away.
@@ -72,7 +87,7 @@ impl CutProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, rate: &AtomicU64) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, rate: &AtomicU64, forwarded: &AtomicU64) {
     let mut buffer = vec![0u8; 16 << 10];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -84,6 +99,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, rate: &AtomicU64) {
                     break;
                 }
                 sent += n as u64;
+                forwarded.fetch_add(n as u64, Ordering::Relaxed);
                 let rate = rate.load(Ordering::Relaxed);
                 if rate > 0 {
                     let due = Duration::from_secs_f64(sent as f64 / rate as f64);
