@@ -5,6 +5,15 @@ mod common;
 
 use std::process::Command;
 
+/// The lines of the `expect` file in `dir`.
+fn expect_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("expect"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn every_bad_catalog_gets_the_problems_it_must_get() {
     let corpus = common::repo_root().join("tests/corpus/catalog");
@@ -34,11 +43,7 @@ fn every_bad_catalog_gets_the_problems_it_must_get() {
                     .replace(&file.display().to_string(), "images.yaml")
             })
             .collect();
-        let expected: Vec<String> = std::fs::read_to_string(case.join("expect"))
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let expected = expect_lines(case);
         if output.status.code() != Some(1) || problems != expected {
             wrong.push(format!(
                 "{}: exit {:?}\n    got:      {problems:?}\n    expected: {expected:?}",
@@ -76,11 +81,7 @@ fn every_image_of_the_corpus_gets_the_verdict_it_must_get() {
         .lines()
         .map(str::to_string)
         .collect();
-    let expected: Vec<String> = std::fs::read_to_string(corpus.join("expect"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let expected = expect_lines(&corpus);
     let wrong: Vec<String> = files
         .iter()
         .map(|file| {

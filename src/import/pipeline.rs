@@ -331,9 +331,11 @@ async fn store_from(
     };
     let mut checkpoints = match (&sink, &request.checkpointing, announced) {
         (Sink::Upload(upload), Some(checkpointing), Some(size)) => {
-            session_checkpoint(request, upload, &file_name, size, source.validator()).and_then(
-                |template| UploadCheckpoints::new(template, upload.probe()?, checkpointing),
-            )
+            let template =
+                session_checkpoint(request, upload, &file_name, size, source.validator());
+            template
+                .zip(upload.probe())
+                .map(|(template, probe)| UploadCheckpoints::new(template, probe, checkpointing))
         }
         _ => None,
     };
@@ -702,12 +704,8 @@ async fn record_session(
 const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl UploadCheckpoints {
-    fn new(
-        template: Checkpoint,
-        probe: SessionProbe,
-        checkpointing: &Checkpointing,
-    ) -> Option<Self> {
-        Some(Self {
+    fn new(template: Checkpoint, probe: SessionProbe, checkpointing: &Checkpointing) -> Self {
+        Self {
             template,
             probe,
             latest: checkpointing.latest.clone(),
@@ -715,7 +713,7 @@ impl UploadCheckpoints {
             // Soon, so that little is fetched again after a kill.
             next: tokio::time::Instant::now() + checkpointing.interval.min(FIRST_CHECKPOINT),
             confirming: None,
-        })
+        }
     }
 }
 
