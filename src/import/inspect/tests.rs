@@ -667,7 +667,8 @@ fn an_iso_short_of_its_volume_or_far_past_it_is_refused_as_is_a_raw_disk_short_o
     let gpt = std::fs::read(&disk).unwrap();
     let message = refused_bytes(&gpt[..gpt.len() - 512], "CorruptImage", "a cut GPT disk");
     assert!(
-        message.contains("puts the end of the disk at 4194304 bytes") && message.contains("truncated"),
+        message.contains("puts the end of the disk at 4194304 bytes")
+            && message.contains("truncated"),
         "{message}"
     );
     // Grown without moving its backup header, as `qemu-img resize` leaves it: still a disk.
