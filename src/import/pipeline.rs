@@ -181,6 +181,11 @@ pub enum ImportError {
         "saving the upload token's sha256 on the image failed ({0}), so no upload URL was published; check that the daemon may patch ClusterVirtualImages, then delete the image and create it again"
     )]
     UploadTokenNotSaved(String),
+    #[error(
+        "the new DVCR upload session was not recorded in the image's checkpoint Lease within {}s (the apiserver is slow or away), so no byte went into it; the import is tried again",
+        .0.as_secs()
+    )]
+    SessionNotRecorded(std::time::Duration),
     #[error("an import stage stopped unexpectedly: {0}")]
     Stage(String),
     #[error(
@@ -214,6 +219,7 @@ impl ImportError {
             Self::SpoolFull(SpoolFull::TooLarge { .. }) => "SpoolTooSmall",
             Self::SpoolFull(SpoolFull::Busy { .. }) => "SpoolBusy",
             Self::Cancelled => "Cancelled",
+            Self::SessionNotRecorded(_) => "CheckpointNotSaved",
             Self::UploadTimedOut(_) => "UploadTimedOut",
             Self::UploadTokenUnavailable(_) => "UploadTokenUnavailable",
             Self::UploadTokenNotSaved(_) => "UploadTokenNotSaved",
@@ -226,7 +232,9 @@ impl ImportError {
         match self {
             Self::Source(error) => error.kind == SourceErrorKind::Transient,
             Self::Dvcr(error) => error.is_transient(),
-            Self::Spool { .. } | Self::SpoolFull(SpoolFull::Busy { .. }) => true,
+            Self::Spool { .. }
+            | Self::SpoolFull(SpoolFull::Busy { .. })
+            | Self::SessionNotRecorded(_) => true,
             Self::Inspect(error) => error.is_transient(),
             _ => false,
         }
@@ -302,7 +310,12 @@ async fn store_from(
                     let upload = dvcr
                         .start_disk_layer(&request.repository, &file_name, size)
                         .await?;
-                    record_session(request, &upload, &file_name, size, source.validator()).await;
+                    if let Err(error) =
+                        record_session(request, &upload, &file_name, size, source.validator()).await
+                    {
+                        upload.abort().await;
+                        return Err(error);
+                    }
                     Sink::Upload(Box::new(upload))
                 }
                 None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
@@ -668,20 +681,22 @@ fn session_checkpoint(
 }
 
 /// Saves where the next run finds it that `upload`'s session exists, and waits for that
-/// (up to [`RECORD_TIMEOUT`]) before any byte goes into it: a daemon killed at any later
-/// moment leaves no session that nothing names.
+/// before any byte goes into it: a daemon killed at any later moment leaves no session that
+/// nothing names. Not saved within [`RECORD_TIMEOUT`] (the apiserver slow or away), the
+/// import does not go on with a session nothing could find: the caller cancels it and the
+/// import is tried again.
 async fn record_session(
     request: &ImportRequest,
     upload: &DiskLayerUpload,
     file_name: &str,
     file_size: u64,
     validator: Option<SourceValidator>,
-) {
+) -> Result<(), ImportError> {
     let (Some(checkpointing), Some(record)) = (
         &request.checkpointing,
         session_checkpoint(request, upload, file_name, file_size, validator),
     ) else {
-        return;
+        return Ok(());
     };
     let session = record.session.clone();
     checkpointing.latest.send_replace(Some(record));
@@ -691,17 +706,16 @@ async fn record_session(
         saved.wait_for(|saved| saved.as_deref() == Some(session.as_str())),
     )
     .await;
-    if !matches!(recorded, Ok(Ok(_))) {
-        tracing::warn!(
-            repository = %request.repository,
-            "the new DVCR upload session is not recorded yet; the import goes on (a daemon \
-             killed before it is leaves the session to the registry's own purge)"
-        );
+    if matches!(recorded, Ok(Ok(_))) {
+        return Ok(());
     }
+    // Nothing to go on from: the session is about to be cancelled.
+    checkpointing.latest.send_replace(None);
+    Err(ImportError::SessionNotRecorded(RECORD_TIMEOUT))
 }
 
 /// How long an import waits for its new upload session to be recorded.
-const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl UploadCheckpoints {
     fn new(template: Checkpoint, probe: SessionProbe, checkpointing: &Checkpointing) -> Self {
@@ -1208,7 +1222,10 @@ impl Spool {
         let mut upload = dvcr
             .start_disk_layer(&request.repository, file_name, size)
             .await?;
-        record_session(request, &upload, file_name, size, None).await;
+        if let Err(error) = record_session(request, &upload, file_name, size, None).await {
+            upload.abort().await;
+            return Err(error);
+        }
         loop {
             let mut buffer = bytes::BytesMut::with_capacity(SPOOL_CHUNK);
             let read = tokio::select! {
