@@ -370,6 +370,18 @@ fn file_name(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "disk.img".to_string())
 }
 
+impl crate::import::pipeline::ByteSource for Upload {
+    fn file_name(&self) -> String {
+        Upload::file_name(self)
+    }
+    fn content_length(&self) -> Option<u64> {
+        Upload::content_length(self)
+    }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
+        Upload::next_chunk(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
