@@ -134,6 +134,51 @@ pub fn random_jitter() -> f64 {
     }
 }
 
+/// The URL as it may appear in logs and messages: without user name, password, query string
+/// or fragment. A query string is shown as `?<redacted>` so users can tell it was there.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            let had_query = parsed.query().is_some();
+            // Fails only for URLs that cannot have credentials (`data:`, `mailto:`); those
+            // have none to hide.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            let mut text = parsed.to_string();
+            if had_query {
+                text.push_str("?<redacted>");
+            }
+            text
+        }
+        Err(_) => redact_unparsable(url),
+    }
+}
+
+/// Best effort for a string that is not a URL: drops everything from `?` or `#` and the
+/// part of the authority before `@`.
+fn redact_unparsable(url: &str) -> String {
+    let (without_query, had_query) = match url.find(['?', '#']) {
+        Some(at) => (&url[..at], url[at..].starts_with('?')),
+        None => (url, false),
+    };
+    let (scheme, rest) = match without_query.find("://") {
+        Some(at) => without_query.split_at(at + 3),
+        None => ("", without_query),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let mut text = format!("{scheme}{rest}");
+    if had_query {
+        text.push_str("?<redacted>");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

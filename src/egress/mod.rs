@@ -402,7 +402,7 @@ pub fn redirect_policy(policy: Arc<EgressPolicy>, max: usize) -> reqwest::redire
                 .last()
                 .is_some_and(|from| from.scheme() == "https")
         {
-            let to = crate::import::source::http::redact_url(next.as_str());
+            let to = crate::net::redact_url(next.as_str());
             return attempt.error(DowngradeRefused { to });
         }
         match check_url(&policy, next) {

@@ -33,11 +33,11 @@ use self::errors::{Failure, Retryable, is_retryable_status, status_text};
 pub use self::headers::fuzz_headers;
 use self::headers::*;
 use self::target::Target;
-pub use self::target::redact_url;
 use super::SourceError;
 use crate::egress::{self, EgressPolicy};
 use crate::import::checkpoint::SourceValidator;
 use crate::import::pipeline::ResumeAt;
+pub use crate::net::redact_url;
 
 /// Tuning of an [`HttpDownload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
