@@ -14,7 +14,6 @@ const STILL_TO_SPLIT: &[&str] = &[
     "src/dvcr/mod.rs",
     "src/dvcr/upload.rs",
     "src/git/mod.rs",
-    "src/import/controller.rs",
     "src/import/inspect/tests.rs",
     "src/import/status.rs",
     "src/k8s/lease.rs",
