@@ -324,7 +324,7 @@ async fn upstream(
         (error.to_string(), retry)
     };
     let ca = ca_bundle
-        .map(crate::import::http_import::decode_ca_bundle)
+        .map(crate::import::source::http_import::decode_ca_bundle)
         .transpose()
         .map_err(|error| (error.to_string(), true))?;
     // The same egress policy as the import: the upstream check must not reach what the

@@ -26,8 +26,6 @@ use crate::api::catalog::keys::{UPLOAD_DEADLINE, UPLOAD_TOKEN_SHA256};
 use crate::api::{ClusterVirtualImage, DataSourceType, ImageStatus, ImageUploadUrls};
 use crate::dvcr::Dvcr;
 use crate::import::decide::{Decision, KnownImport, decide};
-use crate::import::http_import;
-use crate::import::object_ref::{self, CopyMethod, SourceImage, SourceState};
 use crate::import::pipeline;
 use crate::import::pipeline::{
     ImportError, ImportRequest, LiveProgress, PipelineSettings, StoredImport,
@@ -36,6 +34,8 @@ use crate::import::progress::speed;
 use crate::import::resume::{self, ImportCheckpoints};
 use crate::import::source::container_image::{ContainerDisk, RegistryCredentials, registry_host};
 use crate::import::source::http::{HttpSourceOptions, redact_url};
+use crate::import::source::http_import;
+use crate::import::source::object_ref::{self, CopyMethod, SourceImage, SourceState};
 use crate::import::source::upload::{
     TokenDigest, UploadGate, UploadOutcome, UploadTicket, UploadToken, published_token, upload_url,
 };

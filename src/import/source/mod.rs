@@ -2,6 +2,8 @@
 
 pub mod container_image;
 pub mod http;
+pub mod http_import;
+pub mod object_ref;
 pub mod upload;
 
 /// What the pipeline should do about a [`SourceError`].
