@@ -131,22 +131,22 @@ pub(super) fn session_checkpoint(
 /// before any byte goes into it: a daemon killed at any later moment leaves no session that
 /// nothing names. Not saved within [`RECORD_TIMEOUT`] (the apiserver slow or away), the
 /// import does not go on with a session nothing could find: the caller cancels it and the
-/// import is tried again.
+/// import is tried again. Gives the record, the template of the import's later checkpoints.
 pub(super) async fn record_session(
     request: &ImportRequest,
     upload: &DiskLayerUpload,
     file_name: &str,
     file_size: u64,
     validator: Option<SourceValidator>,
-) -> Result<(), ImportError> {
+) -> Result<Option<Checkpoint>, ImportError> {
     let (Some(checkpointing), Some(record)) = (
         &request.checkpointing,
         session_checkpoint(request, upload, file_name, file_size, validator),
     ) else {
-        return Ok(());
+        return Ok(None);
     };
     let session = record.session.clone();
-    checkpointing.latest.send_replace(Some(record));
+    checkpointing.latest.send_replace(Some(record.clone()));
     let mut saved = checkpointing.saved.clone();
     let recorded = tokio::time::timeout(
         RECORD_TIMEOUT,
@@ -154,7 +154,7 @@ pub(super) async fn record_session(
     )
     .await;
     if matches!(recorded, Ok(Ok(_))) {
-        return Ok(());
+        return Ok(Some(record));
     }
     // Nothing to go on from: the session is about to be cancelled.
     checkpointing.latest.send_replace(None);

@@ -212,28 +212,34 @@ async fn store_from(
     cancel: &CancellationToken,
 ) -> Result<StoredImport, ImportError> {
     let want_md5 = request.checksum.as_ref().is_some_and(|c| c.md5.is_some());
-    let (file_name, announced, mut stages, mut sink, resumed) = match start {
+    // `template`: the session's own checkpoint, which the later ones fill in.
+    let (file_name, mut stages, mut sink, template, resumed) = match start {
         Start::Fresh => {
             let file_name = crate::dvcr::layout::disk_file_name(&source.file_name());
             let announced = source.content_length();
             progress.start(announced);
             let stages = Stages::start(want_md5, Some(settings.inspect.clone()), None);
-            let sink = match announced {
+            let (sink, template) = match announced {
                 Some(size) => {
                     let upload = dvcr
                         .start_disk_layer(&request.repository, &file_name, size)
                         .await?;
-                    if let Err(error) =
-                        record_session(request, &upload, &file_name, size, source.validator()).await
+                    match record_session(request, &upload, &file_name, size, source.validator())
+                        .await
                     {
-                        upload.abort().await;
-                        return Err(error);
+                        Ok(template) => (Sink::Upload(Box::new(upload)), template),
+                        Err(error) => {
+                            upload.abort().await;
+                            return Err(error);
+                        }
                     }
-                    Sink::Upload(Box::new(upload))
                 }
-                None => Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
+                None => (
+                    Sink::spool(&settings.spool_dir, &settings.spool_budget).await?,
+                    None,
+                ),
             };
-            (file_name, announced, stages, sink, false)
+            (file_name, stages, sink, template, false)
         }
         Start::Resumed(resumed) => {
             let Resumed {
@@ -246,23 +252,26 @@ async fn store_from(
             // The inspection needs the file from its first byte: it reads the stored layer
             // back once it is complete instead.
             let stages = Stages::start(want_md5, None, Some((sha256, md5)));
+            let template = session_checkpoint(
+                request,
+                &upload,
+                &checkpoint.file_name,
+                checkpoint.file_size,
+                source.validator(),
+            );
             (
                 checkpoint.file_name,
-                Some(checkpoint.file_size),
                 stages,
                 Sink::Upload(Box::new(upload)),
+                template,
                 true,
             )
         }
     };
-    let mut checkpoints = match (&sink, &request.checkpointing, announced) {
-        (Sink::Upload(upload), Some(checkpointing), Some(size)) => {
-            let template =
-                session_checkpoint(request, upload, &file_name, size, source.validator());
-            template
-                .zip(upload.probe())
-                .map(|(template, probe)| UploadCheckpoints::new(template, probe, checkpointing))
-        }
+    let mut checkpoints = match (&sink, &request.checkpointing, template) {
+        (Sink::Upload(upload), Some(checkpointing), Some(template)) => upload
+            .probe()
+            .map(|probe| UploadCheckpoints::new(template, probe, checkpointing)),
         _ => None,
     };
     if let (Some(_), Sink::Upload(upload)) = (&checkpoints, &mut sink) {
