@@ -2,6 +2,7 @@
 //! `next_status`. Reconcile reads the image, decides, and starts or cancels an import task; the
 //! task streams the image and writes the status, at most once per `status_interval`.
 
+mod prepare;
 mod slots;
 mod status_writer;
 mod upload;
@@ -48,6 +49,7 @@ use crate::k8s::cvi_status::{CviStatusStore, Target, WriteError};
 use crate::k8s::secrets::{self, SecretError, SecretReader};
 use crate::metrics::Metrics;
 
+use self::prepare::prepare;
 use self::slots::{acquire_slot, transfer_with_retries, with_status_ticks};
 use self::status_writer::{StatusWriter, now};
 use self::upload::receive_upload;
@@ -464,126 +466,36 @@ async fn import_source(
     request: ImportRequest,
 ) -> Result<StoredImage, ImportError> {
     let source = &cvi.spec.data_source;
-    match (
-        source.type_,
-        &source.http,
-        &source.object_ref,
-        &source.container_image,
-    ) {
-        (DataSourceType::Http, Some(http), _, _) => {
-            let _slot = acquire_slot(ctx, writer, cancel).await?;
-            ctx.publish(
-                cvi,
-                EventType::Normal,
-                "ImportStarted",
-                &format!("Importing from {}", redact_url(&http.url)),
-            )
-            .await;
-            let request = ImportRequest {
-                checksum: http.checksum.clone(),
-                ..request
-            };
-            let stored = transfer_with_retries(ctx, cvi, writer, cancel, |progress| {
-                let request = &request;
-                async move {
-                    http_import::import(
-                        &ctx.dvcr,
-                        &ctx.settings.pipeline,
-                        &ctx.settings.http,
-                        request,
-                        http,
-                        &progress,
-                        cancel,
-                    )
-                    .await
-                }
+    let Some(prepared) = prepare(ctx, cvi, writer, cancel).await? else {
+        // An upload's bytes come once, from the user: its own steps wait for the next one
+        // instead of retrying.
+        if source.type_ == DataSourceType::Upload {
+            return receive_upload(ctx, cvi, &request, writer, cancel).await;
+        }
+        writer
+            .write_now(&ImportState::Waiting {
+                reason: "SourceTypeNotSupported".into(),
+                message: format!(
+                    "This controller does not import {} sources yet; the image stays Pending until a controller that does handles it.",
+                    source.type_
+                ),
+                source_blocked: false,
             })
-            .await?;
-            Ok(stored_image(&stored))
-        }
-        (DataSourceType::ContainerImage, _, _, Some(image)) => {
-            let credentials = wait_for_pull_secret(ctx, image, writer, cancel).await?;
-            let _slot = acquire_slot(ctx, writer, cancel).await?;
-            ctx.publish(
-                cvi,
-                EventType::Normal,
-                "ImportStarted",
-                &format!("Importing {}", image.image),
-            )
             .await;
-            let ca_bundle = image
-                .ca_bundle
-                .as_deref()
-                .map(http_import::decode_ca_bundle)
-                .transpose()?;
-            let stored = transfer_with_retries(ctx, cvi, writer, cancel, |progress| {
-                let (request, credentials, ca_bundle) =
-                    (&request, credentials.clone(), ca_bundle.clone());
-                async move {
-                    pipeline::store_restarting(
-                        &ctx.dvcr,
-                        &ctx.settings.pipeline,
-                        request,
-                        &progress,
-                        cancel,
-                        |_| {
-                            ContainerDisk::open(
-                                &image.image,
-                                ca_bundle.as_deref(),
-                                credentials.clone(),
-                                &ctx.settings.http.egress,
-                            )
-                        },
-                    )
-                    .await
-                }
-            })
-            .await?;
-            Ok(stored_image(&stored))
-        }
-        (DataSourceType::ObjectRef, _, Some(reference), _) => {
-            let source = wait_for_source(ctx, reference, writer, cancel).await?;
-            let _slot = acquire_slot(ctx, writer, cancel).await?;
-            ctx.publish(
-                cvi,
-                EventType::Normal,
-                "ImportStarted",
-                &format!("Copying {}", source.description),
-            )
-            .await;
-            let progress = LiveProgress::default();
-            writer.begin_transfer(&progress);
-            let (stored, method) = object_ref::copy(
-                &ctx.dvcr,
-                &ctx.settings.pipeline,
-                &request,
-                &source,
-                &progress,
-                cancel,
-            )
-            .await?;
-            match method {
-                CopyMethod::Mounted => ctx.metrics.copies_mounted.inc(),
-                CopyMethod::Streamed => ctx.metrics.copies_streamed.inc(),
-            };
-            Ok(stored)
-        }
-        (DataSourceType::Upload, _, _, _) => {
-            receive_upload(ctx, cvi, &request, writer, cancel).await
-        }
-        (type_, _, _, _) => {
-            writer
-                .write_now(&ImportState::Waiting {
-                    reason: "SourceTypeNotSupported".into(),
-                    message: format!(
-                        "This controller does not import {type_} sources yet; the image stays Pending until a controller that does handles it."
-                    ),
-                    source_blocked: false,
-                })
-                .await;
-            // Parks the task until the spec changes or the image goes away.
-            cancel.cancelled().await;
-            Err(ImportError::Cancelled)
-        }
-    }
+        // Parks the task until the spec changes or the image goes away.
+        cancel.cancelled().await;
+        return Err(ImportError::Cancelled);
+    };
+    let request = ImportRequest {
+        checksum: prepared.checksum(),
+        ..request
+    };
+    let _slot = acquire_slot(ctx, writer, cancel).await?;
+    ctx.publish(cvi, EventType::Normal, "ImportStarted", &prepared.started())
+        .await;
+    transfer_with_retries(ctx, cvi, writer, cancel, |progress| {
+        let (prepared, request) = (&prepared, &request);
+        async move { prepared.transfer(ctx, request, &progress, cancel).await }
+    })
+    .await
 }

@@ -70,16 +70,16 @@ pub(super) async fn with_status_ticks<T>(
 
 /// Runs `attempt` (one import from the source into DVCR) with a status write per interval,
 /// retrying transient failures with back-off.
-pub(super) async fn transfer_with_retries<F, Fut>(
+pub(super) async fn transfer_with_retries<T, F, Fut>(
     ctx: &Context,
     cvi: &ClusterVirtualImage,
     writer: &mut StatusWriter,
     cancel: &CancellationToken,
     mut attempt: F,
-) -> Result<StoredImport, ImportError>
+) -> Result<T, ImportError>
 where
     F: FnMut(Arc<LiveProgress>) -> Fut,
-    Fut: Future<Output = Result<StoredImport, ImportError>>,
+    Fut: Future<Output = Result<T, ImportError>>,
 {
     let started = Instant::now();
     let mut tries = 1;
