@@ -6,11 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::cvi::{self, SUITE_LABEL, phase};
+use common::cvi::{self, phase};
+use common::daemon::{Daemon, Ports};
 use common::file_server::{Behavior, FileServer};
 use common::stored::{dvcr_has, read_back};
 use common::{TestEnv, curl_upload, testenv, wait_for};
@@ -29,14 +30,9 @@ struct World {
     images: PathBuf,
     http: FileServer,
     https: FileServer,
-    _controller: Controller,
+    _controller: Daemon,
     _dir: tempfile::TempDir,
 }
-
-/// The controller binary, stopped when the test process ends: it runs under a shell that
-/// waits on a pipe only this process holds, so the pipe closing (the test binary exiting,
-/// however it exits) makes the shell kill it.
-struct Controller(#[allow(dead_code)] Child);
 
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
@@ -69,33 +65,25 @@ fn world() -> &'static World {
 }
 
 /// Runs the daemon as the ServiceAccount of deploy/rbac.yaml (the shipped roles must
-/// suffice), for the images labelled with `suite`, with `extra` flags.
-fn start_controller(env: &TestEnv, dir: &Path, suite: &str, port: u16, extra: &str) -> Controller {
-    let log = dir.join(format!("controller-{suite}.log"));
-    let kubeconfig = env.daemon_kubeconfig(dir);
-    let upload_port = common::free_port();
-    let command = format!(
-        "'{bin}' controller --selector {SUITE_LABEL}={suite} --metrics-addr 127.0.0.1:{port} {extra} \
-         --max-concurrent-imports 6 --max-import-attempts 2 --catalog-controller=false \
-         --upload-addr 127.0.0.1:{upload_port} --upload-external-url http://127.0.0.1:{upload_port} \
-         --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc --upload-timeout-seconds {UPLOAD_TIMEOUT} \
-         --leader-election-lease {lease} \
-         >'{log}' 2>&1 & pid=$!; read _; kill $pid",
-        bin = env!("CARGO_BIN_EXE_image-catalog"),
+/// suffice), for the images labelled with `suite`, with `extra` flags, on a Lease of its own.
+fn start_controller(env: &TestEnv, dir: &Path, suite: &str, port: u16, extra: &str) -> Daemon {
+    let ports = Ports {
+        metrics: port,
+        upload: common::free_port(),
+    };
+    let flags = format!(
+        "--max-concurrent-imports 6 --max-import-attempts 2 \
+         --upload-timeout-seconds {UPLOAD_TIMEOUT} --leader-election-lease {lease} {extra}",
         lease = common::unique_lease(suite),
-        log = log.display(),
     );
-    eprintln!("controller log: {}", log.display());
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .envs(&env.vars)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,image_catalog=debug")
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("the controller starts");
-    Controller(child)
+    Daemon::launch(
+        env,
+        dir,
+        suite,
+        ports,
+        &format!("controller-{suite}"),
+        &flags,
+    )
 }
 
 fn run(program: &str, args: &[&str]) {

@@ -40,7 +40,25 @@ impl Daemon {
         run: u32,
         extra: &str,
     ) -> Self {
-        let log = dir.join(format!("controller-{run}.log"));
+        let flags = format!(
+            "--max-concurrent-imports 4 --verification=false \
+             --leader-election-lease-duration-seconds 8 --leader-election-renew-deadline-seconds 6 \
+             --leader-election-retry-period-seconds 2 {extra}"
+        );
+        Self::launch(env, dir, suite, ports, &format!("controller-{run}"), &flags)
+    }
+
+    /// The daemon with only the flags every test needs (its suite, its addresses, no catalog
+    /// controller) and `flags`; it logs to `<dir>/<log_name>.log`. Returns once it serves.
+    pub fn launch(
+        env: &TestEnv,
+        dir: &Path,
+        suite: &str,
+        ports: Ports,
+        log_name: &str,
+        flags: &str,
+    ) -> Self {
+        let log = dir.join(format!("{log_name}.log"));
         let kubeconfig = env.daemon_kubeconfig(dir);
         let Ports {
             metrics: metrics_port,
@@ -48,11 +66,9 @@ impl Daemon {
         } = ports;
         let command = format!(
             "'{bin}' controller --selector {SUITE_LABEL}={suite} --metrics-addr 127.0.0.1:{metrics_port} \
-             --max-concurrent-imports 4 --catalog-controller=false --verification=false \
-             --leader-election-lease-duration-seconds 8 --leader-election-renew-deadline-seconds 6 \
-             --leader-election-retry-period-seconds 2 \
+             --catalog-controller=false \
              --upload-addr 127.0.0.1:{upload} --upload-external-url http://127.0.0.1:{upload} \
-             --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc {extra} \
+             --upload-in-cluster-url http://image-catalog-upload.image-catalog.svc {flags} \
              >'{log}' 2>&1 & pid=$!; echo $pid; read _; kill $pid 2>/dev/null",
             bin = env!("CARGO_BIN_EXE_image-catalog"),
             log = log.display(),
