@@ -1,6 +1,8 @@
 //! The git module against real repositories made with the git CLI and reached over file://
 //! (the network transports are covered by tests/catalog_sync.rs).
 
+use super::remote::*;
+use super::tree::*;
 use super::*;
 use std::process::Command;
 
