@@ -17,7 +17,6 @@ const STILL_TO_SPLIT: &[&str] = &[
     "src/k8s/lease.rs",
     "src/report/mod.rs",
     "src/report/providers.rs",
-    "src/sync/controller.rs",
     "src/sync/plan.rs",
     "src/egress/mod.rs",
 ];
