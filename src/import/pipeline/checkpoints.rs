@@ -132,12 +132,15 @@ pub(super) fn session_checkpoint(
 /// nothing names. Not saved within [`RECORD_TIMEOUT`] (the apiserver slow or away), the
 /// import does not go on with a session nothing could find: the caller cancels it and the
 /// import is tried again. Gives the record, the template of the import's later checkpoints.
+/// Cancelled meanwhile (the daemon stopping), it ends at once, and the caller cancels the
+/// session as for a record not saved.
 pub(super) async fn record_session(
     request: &ImportRequest,
     upload: &DiskLayerUpload,
     file_name: &str,
     file_size: u64,
     validator: Option<SourceValidator>,
+    cancel: &CancellationToken,
 ) -> Result<Option<Checkpoint>, ImportError> {
     let (Some(checkpointing), Some(record)) = (
         &request.checkpointing,
@@ -148,11 +151,13 @@ pub(super) async fn record_session(
     let session = record.session.clone();
     checkpointing.latest.send_replace(Some(record.clone()));
     let mut saved = checkpointing.saved.clone();
-    let recorded = tokio::time::timeout(
-        RECORD_TIMEOUT,
-        saved.wait_for(|saved| saved.as_deref() == Some(session.as_str())),
-    )
-    .await;
+    let recorded = tokio::select! {
+        _ = cancel.cancelled() => return Err(ImportError::Cancelled),
+        recorded = tokio::time::timeout(
+            RECORD_TIMEOUT,
+            saved.wait_for(|saved| saved.as_deref() == Some(session.as_str())),
+        ) => recorded,
+    };
     if matches!(recorded, Ok(Ok(_))) {
         return Ok(Some(record));
     }

@@ -224,7 +224,8 @@ async fn store_from(
                     let upload = dvcr
                         .start_disk_layer(&request.repository, &file_name, size)
                         .await?;
-                    match record_session(request, &upload, &file_name, size, source.validator())
+                    let validator = source.validator();
+                    match record_session(request, &upload, &file_name, size, validator, cancel)
                         .await
                     {
                         Ok(template) => (Sink::Upload(Box::new(upload)), template),

@@ -101,7 +101,7 @@ impl Spool {
         let mut upload = dvcr
             .start_disk_layer(&request.repository, file_name, size)
             .await?;
-        if let Err(error) = record_session(request, &upload, file_name, size, None).await {
+        if let Err(error) = record_session(request, &upload, file_name, size, None, cancel).await {
             upload.abort().await;
             return Err(error);
         }
