@@ -48,7 +48,7 @@ impl Dvcr {
         Ok((response, Some(token)))
     }
 
-    pub(super) async fn bearer_token(
+    async fn bearer_token(
         &self,
         operation: &'static str,
         repository: &str,
@@ -71,7 +71,7 @@ impl Dvcr {
     }
 }
 
-pub(super) fn bearer_challenge(response: &reqwest::Response) -> bool {
+fn bearer_challenge(response: &reqwest::Response) -> bool {
     response
         .headers()
         .get_all(WWW_AUTHENTICATE)

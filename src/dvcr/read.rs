@@ -15,10 +15,7 @@ impl Dvcr {
         self.head_manifest(&self.reference(repository, tag)).await
     }
 
-    pub(super) async fn head_manifest(
-        &self,
-        reference: &Reference,
-    ) -> Result<Option<String>, DvcrError> {
+    async fn head_manifest(&self, reference: &Reference) -> Result<Option<String>, DvcrError> {
         match self
             .inner
             .oci
@@ -182,7 +179,7 @@ impl Dvcr {
             .await
     }
 
-    pub(super) async fn layer_file_stream(
+    async fn layer_file_stream(
         &self,
         repository: &str,
         layer: &StoredLayer,
@@ -244,7 +241,7 @@ impl Dvcr {
     }
 
     /// The first two tar blocks of a layer (a range request: the layer may be gigabytes).
-    pub(super) async fn layer_headers(
+    async fn layer_headers(
         &self,
         reference: &Reference,
         digest: &str,

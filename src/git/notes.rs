@@ -52,7 +52,7 @@ pub fn push_note(
     Err(last_error.unwrap_or_else(|| GitError::Other("the note push did not settle".into())))
 }
 
-pub(super) fn run_push(
+fn run_push(
     repo: &Repository,
     url: &str,
     credentials: &GitCredentials,

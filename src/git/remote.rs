@@ -121,7 +121,7 @@ pub(super) struct Endpoint {
     pub(super) host: String,
     pub(super) port: u16,
     /// The URL carries a password (`https://user:secret@host/...`).
-    pub(super) has_password: bool,
+    has_password: bool,
 }
 
 /// The endpoint of `url`: `scheme://[user[:password]@]host[:port]/path` or scp-like
@@ -203,7 +203,7 @@ pub(super) fn check_remote(
 }
 
 /// The port of an `ssh://` URL, if it names one.
-pub(super) fn ssh_port(url: &str) -> Option<u16> {
+fn ssh_port(url: &str) -> Option<u16> {
     url::Url::parse(url)
         .ok()
         .filter(|parsed| parsed.scheme() == "ssh")

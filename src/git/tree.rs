@@ -4,10 +4,10 @@
 use super::*;
 
 /// The largest catalog read from a commit: files are held in memory while validated.
-pub(super) const MAX_CATALOG_BYTES: usize = 64 << 20;
+const MAX_CATALOG_BYTES: usize = 64 << 20;
 
 /// The most files a catalog may have.
-pub(super) const MAX_CATALOG_FILES: usize = 10_000;
+const MAX_CATALOG_FILES: usize = 10_000;
 
 /// The `*.yaml` and `*.yml` files under `path` (relative to the repository root; `.` or
 /// empty is the root) of `commit`, sorted by path. A missing path gives no files: the
@@ -94,9 +94,9 @@ pub fn read_files(
 /// What a commit's catalog may hold, checked from each object's header before its blob is
 /// loaded, so a hostile commit costs no memory.
 #[derive(Default)]
-pub(super) struct Budget {
+struct Budget {
     pub(super) files: usize,
-    pub(super) bytes: usize,
+    bytes: usize,
 }
 
 impl Budget {
@@ -145,12 +145,12 @@ impl Budget {
     }
 }
 
-pub(super) fn is_catalog_file(path: &str) -> bool {
+fn is_catalog_file(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 
 /// `./images/` → `images`; `.` and `/` → the root.
-pub(super) fn normalize_path(path: &str) -> String {
+fn normalize_path(path: &str) -> String {
     path.split('/')
         .filter(|segment| !segment.is_empty() && *segment != ".")
         .collect::<Vec<_>>()

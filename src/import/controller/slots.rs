@@ -6,7 +6,7 @@ use super::*;
 /// Holds an import slot until dropped.
 pub(super) struct Slot<'a> {
     pub(super) metrics: &'a Metrics,
-    pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Slot<'_> {

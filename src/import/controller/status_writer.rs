@@ -8,16 +8,16 @@ use super::*;
 pub(super) struct StatusWriter {
     pub(super) ctx: Arc<Context>,
     pub(super) name: String,
-    pub(super) target: Target,
+    target: Target,
     pub(super) generation: i64,
-    pub(super) written: ImageStatus,
+    written: ImageStatus,
     /// A previous daemon was importing this spec when it stopped; the next transfer (or the
     /// upload's wait) says that it started over.
-    pub(super) restart_pending: bool,
+    restart_pending: bool,
     /// The running transfer is the one that started over after the restart.
-    pub(super) restarted: bool,
-    pub(super) transfer_started: Instant,
-    pub(super) last_sample: (Instant, u64),
+    restarted: bool,
+    transfer_started: Instant,
+    last_sample: (Instant, u64),
 }
 
 impl StatusWriter {

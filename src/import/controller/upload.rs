@@ -4,7 +4,7 @@
 use super::*;
 
 /// What an image waiting for its upload tells the user to do.
-pub(super) fn waiting_for_upload_message(has_external_url: bool) -> String {
+fn waiting_for_upload_message(has_external_url: bool) -> String {
     if has_external_url {
         "Waiting for the image: upload it with `curl <status.imageUploadURLs.external> -T image.img`.".into()
     } else {
@@ -104,7 +104,7 @@ pub(super) async fn receive_upload(
     }
 }
 
-pub(super) fn upload_urls(ctx: &Context, token: &UploadToken) -> ImageUploadUrls {
+fn upload_urls(ctx: &Context, token: &UploadToken) -> ImageUploadUrls {
     ImageUploadUrls {
         external: ctx
             .settings
@@ -115,13 +115,13 @@ pub(super) fn upload_urls(ctx: &Context, token: &UploadToken) -> ImageUploadUrls
     }
 }
 
-pub(super) type Deadline = chrono::DateTime<chrono::Utc>;
+type Deadline = chrono::DateTime<chrono::Utc>;
 
 /// The token of an Upload image, registered with the gate, and when the wait ends: the
 /// token its URLs already carry when a previous daemon published them for this spec (a
 /// restart or takeover keeps the URLs the user was told, and the deadline), otherwise a new
 /// one whose sha256 is stored on the image before any URL with it is published.
-pub(super) async fn open_upload(
+async fn open_upload(
     ctx: &Context,
     cvi: &ClusterVirtualImage,
     cancel: &CancellationToken,
@@ -167,7 +167,7 @@ pub(super) async fn open_upload(
 /// Stores the token's sha256 and the deadline in the image's annotations (server-side apply,
 /// under the controller's own field manager), retried with back-off while the API server
 /// fails.
-pub(super) async fn save_token_digest(
+async fn save_token_digest(
     ctx: &Context,
     name: &str,
     digest: &TokenDigest,
@@ -212,8 +212,8 @@ pub(super) async fn save_token_digest(
 }
 
 /// An image's registration with the upload gate, counted in `uploads_open` while it lasts.
-pub(super) struct OpenUpload<'a> {
-    pub(super) ticket: UploadTicket,
+struct OpenUpload<'a> {
+    ticket: UploadTicket,
     pub(super) metrics: &'a Metrics,
 }
 

@@ -4,7 +4,7 @@
 use super::*;
 
 /// How often a missing or unready source image is looked at again.
-pub(super) const SOURCE_POLL: Duration = Duration::from_secs(3);
+const SOURCE_POLL: Duration = Duration::from_secs(3);
 
 /// Waits until the source of an ObjectRef is Ready, showing why meanwhile.
 pub(super) async fn wait_for_source(

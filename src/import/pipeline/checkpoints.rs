@@ -97,9 +97,9 @@ pub(super) struct UploadCheckpoints {
     pub(super) probe: SessionProbe,
     pub(super) latest: tokio::sync::watch::Sender<Option<Checkpoint>>,
     pub(super) interval: std::time::Duration,
-    pub(super) next: tokio::time::Instant,
+    next: tokio::time::Instant,
     /// The snapshot being confirmed.
-    pub(super) confirming: Option<tokio::task::JoinHandle<bool>>,
+    confirming: Option<tokio::task::JoinHandle<bool>>,
 }
 
 /// The checkpoint that names a new upload session before any byte of the file is in it:
@@ -167,7 +167,7 @@ pub(super) async fn record_session(
 }
 
 /// How long an import waits for its new upload session to be recorded.
-pub(super) const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl UploadCheckpoints {
     pub(super) fn new(
@@ -188,14 +188,14 @@ impl UploadCheckpoints {
 }
 
 /// When an upload's first checkpoint is taken.
-pub(super) const FIRST_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
+const FIRST_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
 /// How long DVCR may take to confirm the bytes of a snapshot before it is dropped.
-pub(super) const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// What a registry may hold back of a request's bytes until the request ends (distribution:
 /// a 4 KiB buffered writer over its storage).
-pub(super) const REGISTRY_WRITE_BUFFER: u64 = 64 << 10;
+const REGISTRY_WRITE_BUFFER: u64 = 64 << 10;
 /// How often DVCR is asked whether it holds the bytes of a snapshot.
-pub(super) const CONFIRM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const CONFIRM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Sleeps until `at`, or forever without one.
 pub(super) async fn sleep_until_some(at: Option<tokio::time::Instant>) {

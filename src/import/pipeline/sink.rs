@@ -74,7 +74,7 @@ pub(super) struct Spool {
     pub(super) file: tokio::fs::File,
     pub(super) dir: String,
     /// Given back when the spool file is gone (dropped with it).
-    pub(super) reservation: spool::Reservation,
+    reservation: spool::Reservation,
 }
 
 impl Spool {

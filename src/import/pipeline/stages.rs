@@ -4,7 +4,7 @@
 use super::*;
 
 /// What a hashing stage is handed, in order.
-pub(super) enum HashMsg {
+enum HashMsg {
     Chunk(Bytes),
     /// Asks for the hash state after every chunk before this one.
     Snapshot(oneshot::Sender<Vec<u8>>),
@@ -13,12 +13,12 @@ pub(super) enum HashMsg {
 /// The hashing and inspection stages, each on its own thread: a compressed image is
 /// unpacked to its end by the inspection, which must not slow the hashes down.
 pub(super) struct Stages {
-    pub(super) check_tx: Option<mpsc::Sender<Bytes>>,
+    check_tx: Option<mpsc::Sender<Bytes>>,
     /// None for a resumed import: the inspection reads the stored layer back instead.
     pub(super) check: Option<oneshot::Receiver<Result<ImageInfo, InspectError>>>,
-    pub(super) sha256_tx: Option<mpsc::Sender<HashMsg>>,
+    sha256_tx: Option<mpsc::Sender<HashMsg>>,
     pub(super) sha256: oneshot::Receiver<String>,
-    pub(super) md5_tx: Option<mpsc::Sender<HashMsg>>,
+    md5_tx: Option<mpsc::Sender<HashMsg>>,
     pub(super) md5: Option<oneshot::Receiver<String>>,
 }
 
@@ -62,7 +62,7 @@ pub(super) fn inspect_stage(
     (tx, check)
 }
 
-pub(super) fn hash_stage<
+fn hash_stage<
     D: sha2::Digest + sha2::digest::common::hazmat::SerializableState + Send + 'static,
 >(
     name: &str,
@@ -190,7 +190,7 @@ impl Stages {
 
 /// Runs one stage on its own named thread (named, so `top -H` shows where the time goes);
 /// the receiver yields its result.
-pub(super) fn stage_thread<T: Send + 'static>(
+fn stage_thread<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> oneshot::Receiver<T> {

@@ -113,7 +113,7 @@ pub(super) async fn apply_commit(
 }
 
 /// The plan of `images` against the controller's cache of every CVI.
-pub(super) fn plan_against_cluster(
+fn plan_against_cluster(
     ctx: &Context,
     name: &str,
     catalog: &ImageCatalog,
@@ -187,7 +187,7 @@ pub async fn dry_run(
     problems
 }
 
-pub(super) async fn write_plan(
+async fn write_plan(
     ctx: &Context,
     catalog: &str,
     plan: &Plan,
@@ -243,7 +243,7 @@ pub(super) async fn write_plan(
 }
 
 /// Writes one image; returns its name when it was created or updated.
-pub(super) async fn write_image(
+async fn write_image(
     api: &Api<ClusterVirtualImage>,
     params: &PatchParams,
     image: &PlannedImage,

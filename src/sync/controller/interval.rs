@@ -5,15 +5,15 @@ use super::*;
 
 /// Polls at most this often, and at least this often (a longer interval is read as this:
 /// the CRD's pattern admits `99999999999999999999h`, which no timer can hold).
-pub(super) const MIN_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_INTERVAL: Duration = Duration::from_secs(10);
 
-pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub(super) fn interval_of(catalog: &ImageCatalog) -> Duration {
     poll_interval(&catalog.spec.interval)
 }
 
-pub(super) fn poll_interval(text: &str) -> Duration {
+fn poll_interval(text: &str) -> Duration {
     parse_duration(text)
         .unwrap_or(Duration::from_secs(300))
         .clamp(MIN_INTERVAL, MAX_INTERVAL)

@@ -22,7 +22,7 @@ pub(super) enum LayerFailure {
 
 pub(super) type LayerResult<T> = Result<T, LayerFailure>;
 
-pub(super) enum Decoder {
+enum Decoder {
     /// Not known until the first bytes arrive: the media type is not trusted, the magic is.
     Sniffing(Vec<u8>),
     Plain,
@@ -30,10 +30,10 @@ pub(super) enum Decoder {
 }
 
 /// The blob as it comes from the registry.
-pub(super) struct RawStream {
+struct RawStream {
     pub(super) stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
     /// The stream ended (and oci-client verified the digest).
-    pub(super) done: bool,
+    done: bool,
 }
 
 impl RawStream {
@@ -52,10 +52,10 @@ impl RawStream {
 
 /// The uncompressed bytes of one layer blob, streamed.
 pub(super) struct LayerReader {
-    pub(super) raw: RawStream,
-    pub(super) decoder: Decoder,
+    raw: RawStream,
+    decoder: Decoder,
     /// Compressed bytes not yet fed to the decoder.
-    pub(super) pending: Bytes,
+    pending: Bytes,
     pub(super) finished: bool,
 }
 

@@ -36,23 +36,23 @@ pub(super) struct TarEntry {
 
 /// What a PAX extended header says about the next entry.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Pax {
+struct Pax {
     pub(super) path: Option<String>,
     pub(super) size: Option<u64>,
-    pub(super) sparse: bool,
+    sparse: bool,
 }
 
 /// A streaming tar parser over one layer.
 pub(super) struct TarReader {
     pub(super) layer: LayerReader,
     /// Uncompressed bytes not yet parsed.
-    pub(super) buf: Bytes,
+    buf: Bytes,
     /// Data bytes of the current entry not yet read.
-    pub(super) data_left: u64,
+    data_left: u64,
     /// Padding after the current entry's data.
-    pub(super) pad_left: u64,
+    pad_left: u64,
     /// The end-of-archive blocks were seen (or the layer ended).
-    pub(super) ended: bool,
+    ended: bool,
 }
 
 impl TarReader {
@@ -67,7 +67,7 @@ impl TarReader {
     }
 
     /// Makes `buf` non-empty; false at the end of the layer.
-    pub(super) async fn fill(&mut self) -> LayerResult<bool> {
+    async fn fill(&mut self) -> LayerResult<bool> {
         while self.buf.is_empty() {
             match self.layer.next().await? {
                 Some(chunk) => self.buf = chunk,
@@ -77,7 +77,7 @@ impl TarReader {
         Ok(true)
     }
 
-    pub(super) async fn skip(&mut self, mut count: u64) -> LayerResult<()> {
+    async fn skip(&mut self, mut count: u64) -> LayerResult<()> {
         while count > 0 {
             if !self.fill().await? {
                 return Err(LayerFailure::Corrupt(
@@ -93,7 +93,7 @@ impl TarReader {
     }
 
     /// One 512-byte block; `None` at a clean end of the layer.
-    pub(super) async fn read_block(&mut self) -> LayerResult<Option<[u8; BLOCK]>> {
+    async fn read_block(&mut self) -> LayerResult<Option<[u8; BLOCK]>> {
         let mut block = [0u8; BLOCK];
         let mut got = 0;
         while got < BLOCK {
@@ -114,7 +114,7 @@ impl TarReader {
     }
 
     /// The data of a metadata entry (PAX header, GNU long name), with its padding.
-    pub(super) async fn read_meta(&mut self, size: u64) -> LayerResult<Vec<u8>> {
+    async fn read_meta(&mut self, size: u64) -> LayerResult<Vec<u8>> {
         if size > MAX_META_ENTRY {
             return Err(LayerFailure::Corrupt(format!(
                 "a tar metadata entry of {size} bytes"
@@ -305,19 +305,19 @@ pub(super) fn classify(entry: &TarEntry) -> DiskEntry<'_> {
     }
 }
 
-pub(super) fn padding(size: u64) -> u64 {
+fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
 }
 
 /// A NUL-terminated field as text.
-pub(super) fn c_string(field: &[u8]) -> String {
+fn c_string(field: &[u8]) -> String {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     String::from_utf8_lossy(&field[..end]).into_owned()
 }
 
 /// The name of a header: ustar's prefix joined with the name (GNU headers use the prefix
 /// field for other things).
-pub(super) fn header_name(block: &[u8; BLOCK]) -> String {
+fn header_name(block: &[u8; BLOCK]) -> String {
     let name = c_string(&block[0..100]);
     if &block[257..263] == b"ustar\0" {
         let prefix = c_string(&block[345..500]);
@@ -361,7 +361,7 @@ pub(super) fn parse_numeric(field: &[u8]) -> Option<u64> {
 
 /// The header checksum: the sum of all bytes with the checksum field as spaces (unsigned, or
 /// signed as some old tars computed it).
-pub(super) fn checksum_ok(block: &[u8; BLOCK]) -> bool {
+fn checksum_ok(block: &[u8; BLOCK]) -> bool {
     let Some(stored) = parse_numeric(&block[148..156]) else {
         return false;
     };
@@ -376,7 +376,7 @@ pub(super) fn checksum_ok(block: &[u8; BLOCK]) -> bool {
 }
 
 /// The records of a PAX extended header that matter: `path`, `size`, `GNU.sparse.*`.
-pub(super) fn parse_pax(data: &[u8]) -> Pax {
+fn parse_pax(data: &[u8]) -> Pax {
     let mut pax = Pax::default();
     let mut rest = data;
     while !rest.is_empty() {

@@ -21,7 +21,7 @@ pub(super) enum Failure {
 pub(super) struct Retryable {
     pub(super) message: String,
     pub(super) retry_after: Option<Duration>,
-    pub(super) dns: bool,
+    dns: bool,
 }
 
 impl Retryable {

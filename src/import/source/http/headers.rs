@@ -128,7 +128,7 @@ pub(super) fn content_disposition_file_name(value: &str) -> Option<String> {
 }
 
 /// Splits at `;` outside quoted strings.
-pub(super) fn split_params(value: &str) -> Vec<&str> {
+fn split_params(value: &str) -> Vec<&str> {
     let mut params = Vec::new();
     let mut start = 0;
     let mut quoted = false;
@@ -149,7 +149,7 @@ pub(super) fn split_params(value: &str) -> Vec<&str> {
     params
 }
 
-pub(super) fn unquote(value: &str) -> String {
+fn unquote(value: &str) -> String {
     let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
         return value.to_string();
     };
@@ -173,7 +173,7 @@ pub(super) fn url_file_name(url: &Url) -> Option<String> {
 }
 
 /// A plain file name: the last path component, without control characters; not `.` or `..`.
-pub(super) fn sanitize_file_name(name: &str) -> Option<String> {
+fn sanitize_file_name(name: &str) -> Option<String> {
     let name = name.rsplit(['/', '\\']).next().unwrap_or(name);
     let name: String = name.chars().filter(|c| !c.is_control()).collect();
     let name = name.trim();

@@ -13,7 +13,7 @@ pub(super) struct Target {
     pub(super) password: Option<String>,
     /// Strings that must never reach a message: password, user name, query string, in raw
     /// and percent-decoded forms.
-    pub(super) secrets: crate::net::Scrubber,
+    secrets: crate::net::Scrubber,
 }
 
 impl Target {
