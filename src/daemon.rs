@@ -259,8 +259,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let is_leader = *leader.borrow_and_update();
         if is_leader && !leading {
             leading = true;
-            metrics.leader.set(1);
-            metrics.leader_transitions.inc();
+            metrics.leadership.leader.set(1);
+            metrics.leadership.transitions.inc();
             labelling = Some(spawn_pod_labelling(
                 client.clone(),
                 args.namespace.clone(),
@@ -268,7 +268,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             ));
             start_leader_parts(&args, &client, &metrics, dvcr.take(), &mut parts);
         } else if !is_leader && leading {
-            metrics.leader.set(0);
+            metrics.leadership.leader.set(0);
             break Stop::Lost;
         }
         tokio::select! {
@@ -296,7 +296,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         ));
     }
     release(&client, &args, election, &lease, leading).await;
-    metrics.leader.set(0);
+    metrics.leadership.leader.set(0);
     match stop {
         Stop::Signal(signal) => {
             tracing::info!("{signal} received: stopped");

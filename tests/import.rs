@@ -794,10 +794,17 @@ fn metrics_count_imports_and_failures_by_reason_and_the_daemon_reports_ready() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{line_start} missing from:\n{text}"))
     };
-    assert!(value("image_catalog_imports_succeeded_total") >= 1.0);
-    assert!(value(r#"image_catalog_import_failures_total{reason="SourceNotFound"}"#) >= 1.0);
-    assert!(value("image_catalog_imported_bytes_total") >= 1.0);
-    assert!(text.contains("image_catalog_import_duration_seconds_count"));
+    assert!(
+        value(r#"image_catalog_imports_total{source="HTTP",outcome="succeeded",reason="Ready"}"#)
+            >= 1.0
+    );
+    assert!(
+        value(
+            r#"image_catalog_imports_total{source="HTTP",outcome="failed",reason="SourceNotFound"}"#
+        ) >= 1.0
+    );
+    assert!(value(r#"image_catalog_imported_bytes_total{source="HTTP"}"#) >= 1.0);
+    assert!(value(r#"image_catalog_import_duration_seconds_count{source="HTTP"}"#) >= 1.0);
     assert!(text.contains("image_catalog_imports_in_flight"));
     let ready = Command::new("curl")
         .args([
@@ -907,8 +914,14 @@ fn a_copy_of_a_ready_image_mounts_its_layer_and_moves_no_bytes_through_the_daemo
     );
     let source = settled(env, "copy-source");
     assert_eq!(phase(&source), "Ready", "{:?}", ready_condition(&source));
-    let mounted_before = metric(world.metrics_port, "image_catalog_copies_mounted_total");
-    let streamed_before = metric(world.metrics_port, "image_catalog_copies_streamed_total");
+    let mounted_before = metric(
+        world.metrics_port,
+        r#"image_catalog_copies_total{method="mount"}"#,
+    );
+    let streamed_before = metric(
+        world.metrics_port,
+        r#"image_catalog_copies_total{method="stream"}"#,
+    );
     let downloads_before = world.http.requests("/grub-rescue-cdrom.iso");
 
     create_from(
@@ -942,11 +955,17 @@ fn a_copy_of_a_ready_image_mounts_its_layer_and_moves_no_bytes_through_the_daemo
     assert_eq!(copy_labels, source_labels);
 
     assert_eq!(
-        metric(world.metrics_port, "image_catalog_copies_mounted_total"),
+        metric(
+            world.metrics_port,
+            r#"image_catalog_copies_total{method="mount"}"#
+        ),
         mounted_before + 1.0
     );
     assert_eq!(
-        metric(world.metrics_port, "image_catalog_copies_streamed_total"),
+        metric(
+            world.metrics_port,
+            r#"image_catalog_copies_total{method="stream"}"#
+        ),
         streamed_before,
         "no byte streamed"
     );
@@ -1069,6 +1088,67 @@ fn an_upload_with_curl_as_documented_becomes_ready_with_the_uploaded_bytes() {
         cvi["status"]["target"]["registryURL"].as_str().unwrap(),
     );
     assert_eq!(sha256, sha256_file(&world.images.join("disk.qcow2")));
+}
+
+/// The exposition a user lints with `curl .../metrics | promtool check metrics` is clean, and
+/// an upload import is counted and timed like any other.
+#[test]
+fn metrics_pass_promtool_and_an_upload_import_is_counted_and_timed() {
+    let world = world();
+    let count = r#"image_catalog_import_duration_seconds_count{source="Upload"}"#;
+    let before = metric(world.metrics_port, count);
+    let cvi = upload_image("uploaded-for-metrics");
+    let external = cvi["status"]["imageUploadURLs"]["external"]
+        .as_str()
+        .unwrap();
+    let (code, body) = curl_upload(external, &world.images.join("disk.qcow2"), &[]);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(phase(&settled(world.env, "uploaded-for-metrics")), "Ready");
+    assert!(metric(world.metrics_port, count) >= before + 1.0);
+    assert!(
+        metric(
+            world.metrics_port,
+            r#"image_catalog_imports_total{source="Upload",outcome="succeeded",reason="Ready"}"#
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            world.metrics_port,
+            r#"image_catalog_imported_bytes_total{source="Upload"}"#
+        ) >= std::fs::metadata(world.images.join("disk.qcow2"))
+            .unwrap()
+            .len() as f64
+    );
+    assert!(
+        metric(world.metrics_port, r#"image_catalog_images{phase="Ready"}"#) >= 1.0,
+        "the images are counted by phase"
+    );
+
+    let mut promtool = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    let exposition = metrics(world.metrics_port);
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && lint.trim().is_empty(),
+        "promtool check metrics: {lint}\n{exposition}"
+    );
 }
 
 #[test]

@@ -355,7 +355,9 @@ fn one_of_two_daemons_leads_and_the_standby_takes_over_when_the_leader_is_killed
     world.create_image(&before);
     world.wait_image_ready(&before);
     assert_eq!(
-        standby.metric("image_catalog_imports_succeeded_total"),
+        standby.metric(
+            r#"image_catalog_imports_total{source="HTTP",outcome="succeeded",reason="Ready"}"#
+        ),
         Some(0.0),
         "the standby imported nothing"
     );

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use super::controller::SyncTrigger;
 use crate::api::catalog::ImageCatalog;
 use crate::k8s::secrets::{SecretError, SecretReader};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::Metrics;
 
 /// The largest body read. Forges send up to 25 MiB (GitHub), but a push to a catalog
 /// repository is a few KiB; a larger body is refused (the periodic sync still sees the push).
@@ -238,15 +238,7 @@ async fn hook(
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {
-    let count = |result: &str| {
-        state
-            .metrics
-            .webhooks
-            .get_or_create(&ReasonLabel {
-                reason: result.to_string(),
-            })
-            .inc();
-    };
+    let count = |result: &'static str| state.metrics.webhooks.called(result);
     let Ok(_call) = state.calls.clone().try_acquire_owned() else {
         count("busy");
         return (StatusCode::SERVICE_UNAVAILABLE, "busy; retry\n".into());

@@ -23,7 +23,7 @@ use crate::api::status::ImagePhase;
 use crate::dvcr::{Dvcr, DvcrError, layout};
 use crate::import::status::{PresenceChange, presence_change, with_presence_change};
 use crate::k8s::cvi_status::{CviStatusStore, Target};
-use crate::metrics::{ImageLabel, Metrics, ReasonLabel};
+use crate::metrics::Metrics;
 use crate::report::publish::Publishers;
 
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct VerifySettings {
 
 /// What the loop knows of one image.
 struct Entry {
+    /// The image's name, which its metrics carry.
+    image: String,
     schedule: String,
     parsed: Option<crate::schedule::Schedule>,
     next: Option<DateTime<Utc>>,
@@ -126,7 +128,13 @@ pub async fn run(
             }
         }
         let present: HashSet<String> = images.iter().filter_map(|cvi| cvi.uid()).collect();
-        entries.retain(|uid, _| present.contains(uid));
+        entries.retain(|uid, entry| {
+            let kept = present.contains(uid);
+            if !kept {
+                metrics.verifications.forget(&entry.image);
+            }
+            kept
+        });
         for cvi in images {
             let Some(uid) = cvi.uid() else { continue };
             let phase = cvi.status.as_ref().and_then(|status| status.phase);
@@ -137,6 +145,7 @@ pub async fn run(
             }
             let schedule = schedule_of(cvi.annotations(), &settings.default_schedule).to_string();
             let entry = entries.entry(uid.clone()).or_insert_with(|| Entry {
+                image: cvi.name_any(),
                 schedule: String::new(),
                 parsed: None,
                 next: None,
@@ -197,14 +206,14 @@ pub async fn run(
                 );
                 tokio::spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
-                        metrics.verifications_in_flight.inc();
+                        metrics.verifications.in_flight.inc();
                         let run = run_one(&client, &dvcr, &events, &metrics, &cvi, &egress);
                         // A bug in one check must not leave the image marked as running
                         // (never verified again).
                         if let Err(panic) = crate::panics::caught(run).await {
                             tracing::error!(image = %cvi.name_any(), %panic, "verification hit a bug; the next run is on schedule");
                         }
-                        metrics.verifications_in_flight.dec();
+                        metrics.verifications.in_flight.dec();
                     }
                     let _ = done.send(Done::Verified {
                         uid,
@@ -227,19 +236,13 @@ async fn run_one(
 ) {
     let name = cvi.name_any();
     let verdict = verify(dvcr, cvi, super::wants_upstream_check(cvi), egress).await;
-    metrics
-        .verifications
-        .get_or_create(&ReasonLabel {
-            reason: verdict.reason().to_string(),
-        })
-        .inc();
+    metrics.verifications.verified(
+        &name,
+        verdict.reason(),
+        verdict.is_verified(),
+        Utc::now().timestamp(),
+    );
     if verdict.is_verified() {
-        metrics
-            .verification_last_success
-            .get_or_create(&ImageLabel {
-                image: name.clone(),
-            })
-            .set(Utc::now().timestamp());
         tracing::info!(image = %name, "{}", verdict.message());
     } else {
         tracing::warn!(image = %name, reason = verdict.reason(), "{}", verdict.message());

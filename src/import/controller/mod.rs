@@ -47,7 +47,7 @@ use crate::import::status::{
 use crate::k8s::checkpoints::CheckpointStore;
 use crate::k8s::cvi_status::{CviStatusStore, Target, WriteError};
 use crate::k8s::secrets::{self, SecretError, SecretReader};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reconciler};
 
 use self::prepare::prepare;
 use self::slots::{acquire_slot, transfer_with_retries, with_status_ticks};
@@ -260,7 +260,10 @@ pub async fn run(ctx: Arc<Context>) {
     if let Some(selector) = &ctx.settings.selector {
         config = config.labels(selector);
     }
-    Controller::new(api, config)
+    let controller = Controller::new(api, config);
+    let metrics = ctx.metrics.clone();
+    let _counted = metrics.images.watch(controller.store());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -270,7 +273,13 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
+/// The source type, as metrics label it.
+fn source_label(cvi: &ClusterVirtualImage) -> &'static str {
+    cvi.spec.data_source.type_.as_str()
+}
+
 async fn reconcile(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconciles.start(Reconciler::Import);
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
     let reconciled = finalizer(&api, FINALIZER, cvi, |event| async {
         match event {
@@ -285,7 +294,9 @@ async fn reconcile(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<A
 }
 
 fn error_policy(cvi: Arc<ClusterVirtualImage>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.count_reconcile_error(error.kind());
+    ctx.metrics
+        .reconciles
+        .failed(Reconciler::Import, error.kind());
     tracing::warn!(image = %cvi.name_any(), %error, "reconcile failed; retrying");
     match error {
         // The same object likely panics again: not in a tight loop.
@@ -373,7 +384,9 @@ async fn import_task(
             return;
         }
         Ok(stored) => {
-            ctx.metrics.imports_succeeded.inc();
+            ctx.metrics
+                .imports
+                .succeeded(source_label(&cvi), writer.transferring_for());
             writer
                 .write_final(&ImportState::Stored(stored.clone()))
                 .await;
@@ -387,7 +400,9 @@ async fn import_task(
             tracing::info!(image = %name, url = %stored.registry_url, format = %stored.format, "image ready");
         }
         Err(error) => {
-            ctx.metrics.count_failure(error.reason());
+            ctx.metrics
+                .imports
+                .failed(source_label(&cvi), error.reason());
             let problem = problem(&error);
             writer
                 .write_final(&ImportState::Failed(problem.clone()))

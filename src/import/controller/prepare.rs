@@ -73,8 +73,8 @@ impl Prepared<'_> {
                 let (stored, method) =
                     object_ref::copy(dvcr, settings, request, source, progress, cancel).await?;
                 match method {
-                    CopyMethod::Mounted => ctx.metrics.copies_mounted.inc(),
-                    CopyMethod::Streamed => ctx.metrics.copies_streamed.inc(),
+                    CopyMethod::Mounted => ctx.metrics.imports.copied(true),
+                    CopyMethod::Streamed => ctx.metrics.imports.copied(false),
                 };
                 Ok(stored)
             }

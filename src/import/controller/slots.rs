@@ -11,7 +11,7 @@ pub(super) struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.metrics.imports_in_flight.dec();
+        self.metrics.imports.in_flight.dec();
     }
 }
 
@@ -24,7 +24,7 @@ pub(super) async fn acquire_slot<'a>(
     let permit = match ctx.slots.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
-            ctx.metrics.imports_queued.inc();
+            ctx.metrics.imports.queued.inc();
             writer
                 .write_now(&ImportState::Waiting {
                     reason: "WaitingForImportSlot".into(),
@@ -37,13 +37,13 @@ pub(super) async fn acquire_slot<'a>(
                 .await;
             let permit = tokio::select! {
                 permit = ctx.slots.clone().acquire_owned() => permit,
-                _ = cancel.cancelled() => { ctx.metrics.imports_queued.dec(); return Err(ImportError::Cancelled) }
+                _ = cancel.cancelled() => { ctx.metrics.imports.queued.dec(); return Err(ImportError::Cancelled) }
             };
-            ctx.metrics.imports_queued.dec();
+            ctx.metrics.imports.queued.dec();
             permit.map_err(|_| ImportError::Cancelled)?
         }
     };
-    ctx.metrics.imports_in_flight.inc();
+    ctx.metrics.imports.in_flight.inc();
     Ok(Slot {
         metrics: &ctx.metrics,
         _permit: permit,
@@ -81,20 +81,16 @@ where
     F: FnMut(Arc<LiveProgress>) -> Fut,
     Fut: Future<Output = Result<T, ImportError>>,
 {
-    let started = Instant::now();
     let mut tries = 1;
     loop {
         let progress = Arc::new(LiveProgress::default());
         writer.begin_transfer(&progress);
         let result = with_status_ticks(ctx, writer, &progress, attempt(progress.clone())).await;
-        ctx.metrics.bytes_imported.inc_by(progress.fetched());
+        ctx.metrics
+            .imports
+            .received(source_label(cvi), progress.fetched());
         match result {
-            Ok(stored) => {
-                ctx.metrics
-                    .import_duration_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                return Ok(stored);
-            }
+            Ok(stored) => return Ok(stored),
             Err(error) if error.is_transient() && tries < ctx.settings.max_attempts => {
                 let problem = problem(&error);
                 tracing::info!(image = %cvi.name_any(), tries, reason = %problem.reason, "transient failure; retrying");

@@ -18,6 +18,9 @@ pub(super) struct StatusWriter {
     restarted: bool,
     transfer_started: Instant,
     last_sample: (Instant, u64),
+    /// When the first transfer of this import began (retries included), for the duration
+    /// metric.
+    first_transfer: Option<Instant>,
 }
 
 impl StatusWriter {
@@ -37,6 +40,7 @@ impl StatusWriter {
             restarted: false,
             transfer_started: Instant::now(),
             last_sample: (Instant::now(), 0),
+            first_transfer: None,
         }
     }
 
@@ -47,8 +51,21 @@ impl StatusWriter {
 
     pub(super) fn begin_transfer(&mut self, _progress: &LiveProgress) {
         self.transfer_started = Instant::now();
+        self.first_transfer.get_or_insert(self.transfer_started);
         self.last_sample = (self.transfer_started, 0);
         self.restarted = self.take_restart();
+    }
+
+    /// How long the import has been moving bytes, from its first transfer.
+    pub(super) fn transferring_for(&self) -> Duration {
+        self.first_transfer
+            .map(|started| started.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// A broken upload is not part of the next one's duration: the user chose when to retry.
+    pub(super) fn forget_transfers(&mut self) {
+        self.first_transfer = None;
     }
 
     pub(super) async fn write_transfer(

@@ -70,7 +70,9 @@ pub(super) async fn receive_upload(
             ),
         )
         .await;
-        ctx.metrics.bytes_imported.inc_by(progress.received());
+        ctx.metrics
+            .imports
+            .received(source_label(cvi), progress.received());
         match result {
             Ok(stored) => {
                 upload.respond(UploadOutcome::Stored {
@@ -81,6 +83,7 @@ pub(super) async fn receive_upload(
             Err(ImportError::Cancelled) => return Err(ImportError::Cancelled),
             Err(error) => {
                 tracing::info!(image = %cvi.name_any(), reason = error.reason(), "an upload failed; waiting for another");
+                writer.forget_transfers();
                 upload.respond(UploadOutcome::Refused {
                     reason: error.reason().to_string(),
                     message: format!(
@@ -219,7 +222,7 @@ struct OpenUpload<'a> {
 
 impl<'a> OpenUpload<'a> {
     pub(super) fn new(ticket: UploadTicket, metrics: &'a Metrics) -> Self {
-        metrics.uploads_open.inc();
+        metrics.imports.uploads_open.inc();
         Self { ticket, metrics }
     }
     pub(super) async fn next(&mut self) -> Option<crate::import::source::upload::Upload> {
@@ -229,6 +232,6 @@ impl<'a> OpenUpload<'a> {
 
 impl Drop for OpenUpload<'_> {
     fn drop(&mut self) {
-        self.metrics.uploads_open.dec();
+        self.metrics.imports.uploads_open.dec();
     }
 }

@@ -24,11 +24,11 @@ use tokio::sync::mpsc;
 use super::plan::{self, Change, FIELD_MANAGER, Plan, PlannedImage};
 use super::status::{self, ImageState, Outcome};
 use crate::api::ClusterVirtualImage;
-use crate::api::catalog::{ImageCatalog, ImageCatalogStatus, keys};
+use crate::api::catalog::{ImageCatalog, ImageCatalogStatus, condition, keys};
 use crate::api::status::condition::READY;
 use crate::catalog::{CatalogImage, Problem};
 use crate::k8s::secrets::SecretReader;
-use crate::metrics::{CatalogLabel, Metrics, SyncLabel};
+use crate::metrics::{CatalogSync, Metrics, Reconciler};
 use crate::report::publish::{PublishSettings, Publishers};
 
 pub use self::apply::dry_run;
@@ -110,6 +110,17 @@ pub enum Error {
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A short label for metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::Panicked(_) => "panic",
+        }
+    }
+}
 
 /// The controller, ready to run; `trigger()` hands out the webhooks' way in.
 pub struct SyncController {
@@ -198,6 +209,7 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 async fn reconcile(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconciles.start(Reconciler::Catalog);
     let api: Api<ImageCatalog> = Api::all(ctx.client.clone());
     let reconciled = finalizer(&api, FINALIZER, catalog.clone(), |event| async {
         match event {
@@ -222,23 +234,29 @@ async fn report_panic(ctx: &Context, catalog: &ImageCatalog, panic: &str) {
             "The daemon hit a bug syncing this catalog ({panic}); nothing more was applied, and it tries again in a minute. Report it with the daemon's log."
         ),
     };
-    let previous = catalog.status.clone().unwrap_or_default();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let images = images_of(ctx, &catalog.name_any());
-    let next = status::next_status(
-        &previous,
-        catalog.meta().generation,
-        &outcome,
-        &images,
-        &now,
-    );
+    let (_, next, _) = next_status(ctx, catalog, &outcome);
     if let Err(error) = write_status(ctx, &catalog.name_any(), &next).await {
         tracing::warn!(catalog = %catalog.name_any(), %error, "could not report the panic on the catalog");
     }
 }
 
+/// The catalog's status after `outcome`, beside the one it had and its images now.
+fn next_status(
+    ctx: &Context,
+    catalog: &ImageCatalog,
+    outcome: &Outcome,
+) -> (ImageCatalogStatus, ImageCatalogStatus, Vec<ImageState>) {
+    let previous = catalog.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let images = images_of(ctx, &catalog.name_any());
+    let next = status::next_status(&previous, catalog.meta().generation, outcome, &images, &now);
+    (previous, next, images)
+}
+
 fn error_policy(catalog: Arc<ImageCatalog>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.count_reconcile_error("catalog");
+    ctx.metrics
+        .reconciles
+        .failed(Reconciler::Catalog, error.kind());
     tracing::warn!(catalog = %catalog.name_any(), %error, "catalog sync failed; retrying");
     match error {
         // The same commit likely panics again: not in a tight loop.
@@ -251,6 +269,10 @@ fn error_policy(catalog: Arc<ImageCatalog>, error: &Error, ctx: Arc<Context>) ->
 async fn cleanup(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
     let name = catalog.name_any();
     ctx.memory.lock().map(|mut m| m.remove(&name)).ok();
+    ctx.metrics.catalogs.forget(
+        &name,
+        &[condition::READY, condition::RECONCILING, condition::STALLED],
+    );
     if !catalog.spec.prune {
         tracing::info!(catalog = %name, "catalog deleted; prune is off, so its images stay");
         return Ok(Action::await_change());
@@ -288,16 +310,7 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
             }
         }
     };
-    let images = images_of(&ctx, &name);
-    let previous = catalog.status.clone().unwrap_or_default();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = status::next_status(
-        &previous,
-        catalog.meta().generation,
-        &outcome,
-        &images,
-        &now,
-    );
+    let (previous, next, images) = next_status(&ctx, &catalog, &outcome);
     if next != previous {
         write_status(&ctx, &name, &next).await?;
         writes.add(1);
@@ -323,24 +336,17 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
         Outcome::Applied { .. } if writes.count() == 0 => "unchanged",
         Outcome::Applied { .. } => "applied",
     };
-    let label = CatalogLabel {
-        catalog: name.clone(),
-    };
-    ctx.metrics
-        .catalog_syncs
-        .get_or_create(&SyncLabel {
-            catalog: name.clone(),
-            result: result.into(),
-        })
-        .inc();
-    ctx.metrics
-        .catalog_writes
-        .get_or_create(&label)
-        .inc_by(writes.count());
-    ctx.metrics
-        .catalog_sync_seconds
-        .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.catalogs.synced(CatalogSync {
+        catalog: &name,
+        result,
+        writes: writes.count(),
+        took: started.elapsed(),
+        conditions: next
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect(),
+    });
     tracing::debug!(catalog = %name, result, writes = writes.count(), elapsed_ms = started.elapsed().as_millis() as u64, "catalog synced");
     Ok(Action::requeue(requeue))
 }
