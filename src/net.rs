@@ -68,33 +68,9 @@ pub fn same_origin(a: &Url, b: &Url) -> bool {
 
 /// Lossy `%XX` decoding: invalid escapes stay as they are, invalid UTF-8 becomes U+FFFD.
 pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(at + 1).copied().and_then(hex_value),
-                bytes.get(at + 2).copied().and_then(hex_value),
-            )
-        {
-            out.push(hi << 4 | lo);
-            at += 3;
-            continue;
-        }
-        out.push(bytes[at]);
-        at += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The longest backoff after failures.

@@ -1,14 +1,12 @@
 //! `image-catalog upload <cvi-name> <file>`: waits for the image's upload URL, streams the file
-//! with a progress line (bytes, speed, ETA), then waits for Ready or prints why it failed.
+//! with a progress bar (bytes, speed, ETA), then waits for Ready or prints why it failed.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kube::Api;
 
 use crate::api::{ClusterVirtualImage, ImagePhase};
@@ -48,11 +46,11 @@ pub async fn run(args: UploadArgs) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counted = sent.clone();
+    let bar = progress_bar(size);
+    let counted = bar.clone();
     let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
         if let Ok(chunk) = chunk {
-            counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            counted.inc(chunk.len() as u64);
         }
     });
     let mut http = reqwest::Client::builder();
@@ -73,13 +71,12 @@ pub async fn run(args: UploadArgs) -> anyhow::Result<()> {
         )
         .body(reqwest::Body::wrap_stream(body))
         .send();
-    let printer = tokio::spawn(print_progress(sent.clone(), size));
+    let started = Instant::now();
     let response = request.await;
-    printer.abort();
-    eprintln!(
-        "{}",
-        progress_line(sent.load(Ordering::Relaxed), size, Duration::ZERO, None)
-    );
+    let sent = bar.position();
+    bar.finish_and_clear();
+    // Also where no bar is drawn (stderr not a terminal): what went, how fast.
+    eprintln!("{}", summary_line(sent, size, started.elapsed()));
     // The URL carries the upload token: never print it.
     let response =
         response.map_err(|error| anyhow::anyhow!("the upload failed: {}", error.without_url()))?;
@@ -163,40 +160,28 @@ fn ready_message(status: &crate::api::ImageStatus) -> String {
         .unwrap_or_default()
 }
 
-async fn print_progress(sent: Arc<AtomicU64>, size: u64) {
-    let started = Instant::now();
-    let mut last = (Instant::now(), 0u64);
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = Instant::now();
-        let bytes = sent.load(Ordering::Relaxed);
-        let speed =
-            (bytes.saturating_sub(last.1) as f64 / (now - last.0).as_secs_f64().max(0.001)) as u64;
-        last = (now, bytes);
-        let mut stderr = std::io::stderr();
-        let _ = write!(
-            stderr,
-            "\r{}",
-            progress_line(bytes, size, now - started, Some(speed))
-        );
-        let _ = stderr.flush();
+/// The bar cargo and virtctl users know; hidden by indicatif when stderr is no terminal.
+fn progress_bar(size: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+    // The template is a constant: it parses, and a failure would only lose the styling.
+    if let Ok(style) = ProgressStyle::with_template(
+        "{binary_bytes} / {binary_total_bytes} [{wide_bar}] {binary_bytes_per_sec}  ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
     }
+    bar
 }
 
-/// `123.4Mi / 2Gi  45.6Mi/s  ETA 0:41`.
-pub fn progress_line(sent: u64, size: u64, elapsed: Duration, speed: Option<u64>) -> String {
-    let mut line = format!("{} / {}", human_size(sent), human_size(size));
-    if let Some(speed) = speed {
-        line.push_str(&format!("  {}", human_speed(speed)));
-        if speed > 0 && sent < size {
-            let eta = (size - sent) / speed;
-            line.push_str(&format!("  ETA {}:{:02}", eta / 60, eta % 60));
-        }
-    }
-    if elapsed > Duration::ZERO {
-        line.push_str(&format!("  {:.0}s", elapsed.as_secs_f64()));
-    }
-    format!("{line:<60}")
+/// `uploaded 2Gi / 2Gi in 41s (50Mi/s)`.
+pub fn summary_line(sent: u64, size: u64, elapsed: Duration) -> String {
+    let speed = (sent as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
+    format!(
+        "uploaded {} / {} in {:.0}s ({})",
+        human_size(sent),
+        human_size(size),
+        elapsed.as_secs_f64(),
+        human_speed(speed)
+    )
 }
 
 #[cfg(test)]
@@ -204,8 +189,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_progress_line_shows_bytes_speed_and_eta() {
-        let line = progress_line(512 << 20, 2 << 30, Duration::from_secs(10), Some(64 << 20));
-        assert!(line.starts_with("512Mi / 2Gi  64Mi/s  ETA 0:24"), "{line}");
+    fn the_summary_says_what_went_and_how_fast() {
+        let line = summary_line(2 << 30, 2 << 30, Duration::from_secs(41));
+        assert_eq!(line, "uploaded 2Gi / 2Gi in 41s (50Mi/s)");
+        assert_eq!(
+            summary_line(512 << 20, 2 << 30, Duration::from_secs(8)),
+            "uploaded 512Mi / 2Gi in 8s (64Mi/s)"
+        );
     }
 }
