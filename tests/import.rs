@@ -847,6 +847,24 @@ fn a_failure_is_announced_as_a_warning_event_on_the_image() {
             .any(|e| e["type"] == "Warning" && e["reason"] == "ChecksumMismatch"),
         "{events:?}"
     );
+    // The daemon's log says which image the failure is about, in plain text.
+    let log_path = world._dir.path().join(format!("controller-{SUITE}.log"));
+    let line = wait_for("the failure in the log", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_path)
+            .ok()?
+            .lines()
+            .find(|line| line.contains("import failed") && line.contains("event-on-failure"))
+            .map(str::to_string)
+    });
+    assert!(
+        line.contains("import{image=event-on-failure generation=1 source=HTTP}"),
+        "{line}"
+    );
+    assert!(line.contains("reason=ChecksumMismatch"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no terminal colours in a log file: {line:?}"
+    );
 }
 
 #[test]

@@ -226,6 +226,7 @@ pub async fn run(
 }
 
 /// One scheduled verification: verify, record, count, and raise an Event on failure.
+#[tracing::instrument(name = "verify", skip_all, fields(image = %cvi.name_any()))]
 async fn run_one(
     client: &Client,
     dvcr: &Dvcr,
@@ -262,6 +263,7 @@ async fn run_one(
 
 /// The manifest HEAD of a Ready or ImageLost image, and the phase change it calls for.
 /// Returns whether it changed the phase.
+#[tracing::instrument(name = "presence", skip_all, fields(image = %cvi.name_any()))]
 async fn check_presence(
     client: &Client,
     dvcr: &Dvcr,

@@ -278,6 +278,8 @@ fn source_label(cvi: &ClusterVirtualImage) -> &'static str {
     cvi.spec.data_source.type_.as_str()
 }
 
+// Every log line of a reconcile, and of the import it starts, names its image.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "import", image = %cvi.name_any()))]
 async fn reconcile(cvi: Arc<ClusterVirtualImage>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconciles.start(Reconciler::Import);
     let api: Api<ClusterVirtualImage> = Api::all(ctx.client.clone());
@@ -364,13 +366,13 @@ pub fn repository(cvi: &ClusterVirtualImage) -> String {
 }
 
 /// One import of one generation of one image, from the queue to Ready or Failed.
+#[tracing::instrument(name = "import", skip_all, fields(image = %cvi.name_any(), generation = generation, source = %source_label(&cvi)))]
 async fn import_task(
     ctx: Arc<Context>,
     cvi: Arc<ClusterVirtualImage>,
     generation: i64,
     cancel: CancellationToken,
 ) {
-    let name = cvi.name_any();
     let uid = cvi.uid().unwrap_or_default();
     let mut writer = StatusWriter::new(ctx.clone(), &cvi, generation);
     let run = crate::panics::caught(run_import(&ctx, &cvi, &mut writer, &cancel));
@@ -380,7 +382,7 @@ async fn import_task(
     };
     match outcome {
         Err(ImportError::Cancelled) => {
-            tracing::info!(image = %name, generation, "import cancelled");
+            tracing::info!("import cancelled");
             return;
         }
         Ok(stored) => {
@@ -397,7 +399,7 @@ async fn import_task(
                 &format!("Stored in DVCR as {}", stored.registry_url),
             )
             .await;
-            tracing::info!(image = %name, url = %stored.registry_url, format = %stored.format, "image ready");
+            tracing::info!(url = %stored.registry_url, format = %stored.format, "image ready");
         }
         Err(error) => {
             ctx.metrics
@@ -409,7 +411,7 @@ async fn import_task(
                 .await;
             ctx.publish(&cvi, EventType::Warning, &problem.reason, &problem.message)
                 .await;
-            tracing::warn!(image = %name, reason = %problem.reason, message = %problem.message, "import failed");
+            tracing::warn!(reason = %problem.reason, message = %problem.message, "import failed");
         }
     }
     ctx.mark_finished(&uid, generation);

@@ -208,6 +208,8 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
+// Every log line of a sync, down to Git and the forges, names its catalog.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = "catalog", catalog = %catalog.name_any()))]
 async fn reconcile(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconciles.start(Reconciler::Catalog);
     let api: Api<ImageCatalog> = Api::all(ctx.client.clone());
