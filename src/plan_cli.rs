@@ -76,7 +76,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<bool> {
                     ),
                     fetched.files.unwrap_or(Ok(Vec::new())),
                 ),
-                Err(Outcome::FetchFailed { reason, message }) => bail!("{reason}: {message}"),
+                Err(Outcome::FetchFailed(error)) => bail!("{}: {error}", error.reason()),
                 Err(_) => bail!("the Git fetch failed"),
             }
         }

@@ -42,6 +42,7 @@ fn exposed_sample_names() -> BTreeSet<String> {
     metrics.catalogs.synced(CatalogSync {
         catalog: "base",
         result: "applied",
+        reason: "Succeeded".into(),
         writes: 1,
         took: Duration::from_millis(10),
         conditions: vec![("Ready".into(), "True".into())],

@@ -12,6 +12,7 @@ use std::time::Duration;
 struct SyncLabel {
     catalog: String,
     result: &'static str,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +37,8 @@ pub struct CatalogSync<'a> {
     pub catalog: &'a str,
     /// applied, unchanged, invalid, fetch_failed, apply_failed, held, suspended.
     pub result: &'static str,
+    /// The reason of the Ready condition the sync left (Succeeded, GitAuthenticationFailed, ...).
+    pub reason: String,
     pub writes: u64,
     pub took: Duration,
     /// Each condition of the status the sync left, with its status (True, False, Unknown).
@@ -56,7 +59,7 @@ impl CatalogMetrics {
         let syncs = Family::default();
         registry.register(
             "catalog_syncs",
-            "Catalog syncs, by catalog and result (applied, unchanged, invalid, fetch_failed, apply_failed, held, suspended)",
+            "Catalog syncs, by catalog, result (applied, unchanged, invalid, fetch_failed, apply_failed, held, suspended) and the Ready condition's reason",
             syncs.clone(),
         );
         let writes = Family::default();
@@ -94,6 +97,7 @@ impl CatalogMetrics {
             .get_or_create(&SyncLabel {
                 catalog: catalog.clone(),
                 result: sync.result,
+                reason: sync.reason,
             })
             .inc();
         let label = CatalogLabel {
@@ -170,6 +174,7 @@ mod tests {
         metrics.synced(CatalogSync {
             catalog: "base",
             result: "fetch_failed",
+            reason: "GitAuthenticationFailed".into(),
             writes: 1,
             took: Duration::from_millis(20),
             conditions: vec![
@@ -182,7 +187,7 @@ mod tests {
             r#"catalog_condition{catalog="base",type="Ready",status="False"} 1"#,
             r#"catalog_condition{catalog="base",type="Ready",status="True"} 0"#,
             r#"catalog_condition{catalog="base",type="Stalled",status="True"} 1"#,
-            r#"catalog_syncs_total{catalog="base",result="fetch_failed"} 1"#,
+            r#"catalog_syncs_total{catalog="base",result="fetch_failed",reason="GitAuthenticationFailed"} 1"#,
             r#"catalog_writes_total{catalog="base"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");

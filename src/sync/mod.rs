@@ -2,6 +2,7 @@
 //! apply, prune, record the inventory, and report on the commit.
 
 pub mod controller;
+pub mod fetch_error;
 pub mod plan;
 pub mod source;
 pub mod status;

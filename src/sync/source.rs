@@ -2,12 +2,14 @@
 //! the catalog files under its path. Shared by the controller and `image-catalog plan`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::fetch_error::FetchError;
 use super::status::Outcome;
 use crate::api::catalog::ImageCatalog;
 use crate::catalog::{self, CatalogImage, Location, Problem, SourceFile};
 use crate::git::{self, GitCredentials, GitReference};
-use crate::k8s::secrets::{SecretError, SecretReader};
+use crate::k8s::secrets::SecretReader;
 
 /// The Git credentials a catalog names, or a FetchFailed outcome that says what is wrong.
 pub async fn credentials(
@@ -23,16 +25,13 @@ pub async fn credentials(
     let secret = secrets
         .catalog_secret(&secret.name)
         .await
-        .map_err(|error| Outcome::FetchFailed {
-            reason: match error {
-                SecretError::NotFound { .. } => "GitCredentialsMissing".into(),
-                _ => error.reason("GitCredentials"),
-            },
-            message: format!("{error}, or remove spec.git.secretRef"),
-        })?;
-    GitCredentials::from_secret_data(&secret.data).map_err(|error| Outcome::FetchFailed {
-        reason: error.reason().into(),
-        message: format!("Secret {}/{}: {error}", secret.namespace, secret.name),
+        .map_err(|error| Outcome::FetchFailed(FetchError::Secret(Arc::new(error))))?;
+    GitCredentials::from_secret_data(&secret.data).map_err(|error| {
+        Outcome::FetchFailed(FetchError::Credentials {
+            namespace: secret.namespace.clone(),
+            name: secret.name.clone(),
+            error: Arc::new(error),
+        })
     })
 }
 
@@ -41,14 +40,11 @@ pub async fn credentials(
 pub fn insecure_secret_ref(catalog: &ImageCatalog) -> Option<Outcome> {
     let secret = catalog.spec.git.secret_ref.as_ref()?;
     let scheme = git::plaintext_scheme(&catalog.spec.git.url)?;
-    Some(Outcome::FetchFailed {
-        reason: "GitCredentialsInsecure".into(),
-        message: format!(
-            "spec.git.secretRef {} is paired with the {scheme}:// URL {}, which is unencrypted: credentials are never sent that way; use an https:// or ssh:// URL, or remove the secretRef",
-            secret.name,
-            redact(&catalog.spec.git.url)
-        ),
-    })
+    Some(Outcome::FetchFailed(FetchError::InsecureSecretRef {
+        secret: secret.name.clone(),
+        scheme: scheme.to_string(),
+        url: redact(&catalog.spec.git.url),
+    }))
 }
 
 /// The commit applied under this very spec, whose descendants a fetch may move to without a
@@ -91,10 +87,7 @@ pub async fn fetch(
         (_, Some(tag), _) => GitReference::Tag(tag.clone()),
         (_, _, Some(commit)) => GitReference::Commit(commit.clone()),
         _ => {
-            return Err(Outcome::FetchFailed {
-                reason: "InvalidSpec".into(),
-                message: "spec.git.ref names no branch, tag or commit".into(),
-            });
+            return Err(Outcome::FetchFailed(FetchError::NoReference));
         }
     };
     let cache: PathBuf = cache.to_path_buf();
@@ -147,17 +140,13 @@ pub async fn fetch(
         })
     })
     .await
-    .map_err(|error| Outcome::FetchFailed {
-        reason: "GitError".into(),
-        message: format!("the Git fetch stopped: {error}"),
-    })?
-    .map_err(|error| Outcome::FetchFailed {
-        reason: error.reason().into(),
-        message: format!(
-            "Fetching {} of {}: {error}",
-            git.reference.describe(),
-            redact(&git.url)
-        ),
+    .map_err(|error| Outcome::FetchFailed(FetchError::Stopped(error.to_string())))?
+    .map_err(|error| {
+        Outcome::FetchFailed(FetchError::Git {
+            reference: git.reference.describe(),
+            url: redact(&git.url),
+            error: Arc::new(error),
+        })
     })
 }
 
@@ -222,11 +211,10 @@ mod tests {
             "http://u:pw123@git.example/c.git",
             "git://git.example/c.git",
         ] {
-            let Some(Outcome::FetchFailed { reason, message }) =
-                insecure_secret_ref(&catalog(url, true))
-            else {
+            let Some(Outcome::FetchFailed(error)) = insecure_secret_ref(&catalog(url, true)) else {
                 panic!("{url} with a secretRef must be refused");
             };
+            let (reason, message) = (error.reason(), error.to_string());
             assert_eq!(reason, "GitCredentialsInsecure");
             assert!(
                 message.contains("git-creds") && message.contains("https://"),

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::fetch_error::FetchError;
 use crate::api::ImagePhase;
 use crate::api::catalog::{ImageCatalogStatus, ImageCounts, InventoryEntry, condition};
 use crate::catalog::Problem;
@@ -16,10 +17,7 @@ pub const MAX_LISTED_PROBLEMS: usize = 50;
 pub enum Outcome {
     Suspended,
     /// The repository could not be read; there is no commit to report on.
-    FetchFailed {
-        reason: String,
-        message: String,
-    },
+    FetchFailed(FetchError),
     /// The commit is invalid; nothing was applied.
     Invalid {
         commit: String,
@@ -51,7 +49,7 @@ impl Outcome {
             | Self::ApplyFailed { commit, .. }
             | Self::Held { commit, .. }
             | Self::Applied { commit, .. } => Some(commit),
-            Self::Suspended | Self::FetchFailed { .. } => None,
+            Self::Suspended | Self::FetchFailed(_) => None,
         }
     }
 }
@@ -120,6 +118,10 @@ pub fn next_status(
         images: Some(counts.clone()),
         ..Default::default()
     };
+    let fetch_reason = match outcome {
+        Outcome::FetchFailed(error) => error.reason(),
+        _ => String::new(),
+    };
     // (Ready, Reconciling, Stalled): (status, reason, message) each.
     let (ready, reconciling, stalled) = match outcome {
         Outcome::Suspended => (
@@ -131,10 +133,10 @@ pub fn next_status(
             ("False", "Suspended", String::new()),
             ("False", "Suspended", String::new()),
         ),
-        Outcome::FetchFailed { reason, message } => (
-            ("False", reason.as_str(), message.clone()),
-            ("False", reason.as_str(), String::new()),
-            ("True", reason.as_str(), message.clone()),
+        Outcome::FetchFailed(error) => (
+            ("False", fetch_reason.as_str(), error.to_string()),
+            ("False", fetch_reason.as_str(), String::new()),
+            ("True", fetch_reason.as_str(), error.to_string()),
         ),
         Outcome::Invalid { commit, problems } => {
             status.problems = problems
@@ -339,7 +341,7 @@ pub fn commit_check(
     let commit = outcome.commit()?.to_string();
     let counts = counts(images);
     let (state, description) = match outcome {
-        Outcome::Suspended | Outcome::FetchFailed { .. } => return None,
+        Outcome::Suspended | Outcome::FetchFailed(_) => return None,
         Outcome::Invalid { problems, .. } => {
             let first: Vec<String> = problems.iter().take(3).map(ToString::to_string).collect();
             (

@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::fetch_error::FetchError;
 use super::plan::{self, Change, FIELD_MANAGER, Plan, PlannedImage};
 use super::status::{self, ImageState, Outcome};
 use crate::api::ClusterVirtualImage;
@@ -230,12 +231,7 @@ async fn reconcile(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Acti
 
 /// Says on the catalog that the daemon hit a bug with it; other catalogs go on.
 async fn report_panic(ctx: &Context, catalog: &ImageCatalog, panic: &str) {
-    let outcome = Outcome::FetchFailed {
-        reason: "InternalError".into(),
-        message: format!(
-            "The daemon hit a bug syncing this catalog ({panic}); nothing more was applied, and it tries again in a minute. Report it with the daemon's log."
-        ),
-    };
+    let outcome = Outcome::FetchFailed(FetchError::Panicked(panic.to_string()));
     let (_, next, _) = next_status(ctx, catalog, &outcome);
     if let Err(error) = write_status(ctx, &catalog.name_any(), &next).await {
         tracing::warn!(catalog = %catalog.name_any(), %error, "could not report the panic on the catalog");
@@ -331,7 +327,7 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
 
     let result = match &outcome {
         Outcome::Suspended => "suspended",
-        Outcome::FetchFailed { .. } => "fetch_failed",
+        Outcome::FetchFailed(_) => "fetch_failed",
         Outcome::Invalid { .. } => "invalid",
         Outcome::ApplyFailed { .. } => "apply_failed",
         Outcome::Held { .. } => "held",
@@ -341,6 +337,12 @@ async fn sync(catalog: Arc<ImageCatalog>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.catalogs.synced(CatalogSync {
         catalog: &name,
         result,
+        reason: next
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
         writes: writes.count(),
         took: started.elapsed(),
         conditions: next
@@ -451,11 +453,11 @@ async fn announce(
                 secondary: None,
             })
         }
-        Outcome::FetchFailed { reason, message } if previous_reason != Some(reason.as_str()) => {
+        Outcome::FetchFailed(error) if previous_reason != Some(error.reason().as_str()) => {
             Some(Event {
                 type_: EventType::Warning,
-                reason: reason.clone(),
-                note: Some(message.clone()),
+                reason: error.reason(),
+                note: Some(error.to_string()),
                 action: "Fetch".into(),
                 secondary: None,
             })
