@@ -13,12 +13,6 @@ const STILL_TO_SPLIT: &[&str] = &[
     "src/daemon.rs",
     "src/dvcr/upload.rs",
     "src/import/inspect/tests.rs",
-    "src/import/status.rs",
-    "src/k8s/lease.rs",
-    "src/report/mod.rs",
-    "src/report/providers.rs",
-    "src/sync/plan.rs",
-    "src/egress/mod.rs",
 ];
 
 fn source_files(dir: &Path, found: &mut Vec<PathBuf>) {
