@@ -48,10 +48,196 @@ pub fn next_run(
         .map(|fire| fire + jitter)
 }
 
+/// How often the two checks of one image come.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    /// Runs of one schedule spread over this window.
+    pub jitter_window: Duration,
+    /// How often the manifest is looked for.
+    pub presence_interval: Duration,
+}
+
+/// What the scheduler knows of one image between its ticks.
+#[derive(Debug)]
+pub struct Entry {
+    /// The image's name, which its metrics carry.
+    pub image: String,
+    uid: String,
+    schedule: String,
+    parsed: Option<crate::schedule::Schedule>,
+    next: Option<DateTime<Utc>>,
+    running: bool,
+    presence_next: DateTime<Utc>,
+}
+
+/// What one tick does for one image.
+#[derive(Debug, Default, PartialEq)]
+pub struct Tick {
+    /// The schedule just changed to one that does not parse: say so on the image, once.
+    pub invalid_schedule: Option<String>,
+    /// Look for the image's manifest in DVCR.
+    pub check_presence: bool,
+    /// Verify the image's bytes; the entry counts as running until [`Entry::verified`].
+    pub verify: bool,
+}
+
+impl Entry {
+    /// A new image's entry: its presence checks spread over their interval like
+    /// verifications over theirs.
+    pub fn new(image: &str, uid: &str, now: DateTime<Utc>, cadence: Cadence) -> Self {
+        Self {
+            image: image.to_string(),
+            uid: uid.to_string(),
+            schedule: String::new(),
+            parsed: None,
+            next: None,
+            running: false,
+            presence_next: now + to_chrono(jitter(uid, cadence.presence_interval)),
+        }
+    }
+
+    /// One tick for an image that is Ready (`ready`) or ImageLost, with the schedule that
+    /// applies to it now.
+    pub fn tick(
+        &mut self,
+        schedule: &str,
+        ready: bool,
+        now: DateTime<Utc>,
+        cadence: Cadence,
+    ) -> Tick {
+        let mut tick = Tick::default();
+        if self.schedule != schedule {
+            self.schedule = schedule.to_string();
+            match crate::schedule::parse(schedule) {
+                Ok(parsed) => {
+                    self.next = next_run(&parsed, now, jitter(&self.uid, cadence.jitter_window));
+                    self.parsed = Some(parsed);
+                }
+                Err(error) => {
+                    self.parsed = None;
+                    self.next = None;
+                    tick.invalid_schedule = Some(error.to_string());
+                }
+            }
+        }
+        if now >= self.presence_next {
+            self.presence_next = now + to_chrono(cadence.presence_interval);
+            tick.check_presence = true;
+        }
+        // A lost image has no bytes to verify; its presence checks say when it is back.
+        let due = self.next.is_some_and(|next| now >= next);
+        if due && !self.running && ready {
+            self.running = true;
+            tick.verify = true;
+        }
+        tick
+    }
+
+    /// A verification ended: the next one is at the schedule's next time after `now`.
+    pub fn verified(&mut self, now: DateTime<Utc>, cadence: Cadence) {
+        self.running = false;
+        self.next = self
+            .parsed
+            .as_ref()
+            .and_then(|schedule| next_run(schedule, now, jitter(&self.uid, cadence.jitter_window)));
+    }
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    const CADENCE: Cadence = Cadence {
+        jitter_window: Duration::ZERO,
+        presence_interval: Duration::from_secs(300),
+    };
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 2, h, m, 0).unwrap()
+    }
+
+    /// Ticks every minute from `from` to `to`, verifications taking no time; the times of the
+    /// verifications and presence checks.
+    fn run(
+        entry: &mut Entry,
+        schedule: &str,
+        ready: bool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+        let (mut verified, mut present) = (Vec::new(), Vec::new());
+        let mut now = from;
+        while now <= to {
+            let tick = entry.tick(schedule, ready, now, CADENCE);
+            if tick.verify {
+                verified.push(now);
+                entry.verified(now, CADENCE);
+            }
+            if tick.check_presence {
+                present.push(now);
+            }
+            now += chrono::Duration::minutes(1);
+        }
+        (verified, present)
+    }
+
+    #[test]
+    fn a_ready_image_is_verified_once_per_fire_time_and_looked_for_every_interval() {
+        let mut entry = Entry::new("debian", "uid-1", at(2, 0), CADENCE);
+        let (verified, present) = run(&mut entry, "0 3 * * *", true, at(2, 0), at(4, 0));
+        assert_eq!(verified, vec![at(3, 0)]);
+        assert_eq!(present.len(), 24, "{present:?}");
+        assert!(
+            present
+                .windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::minutes(5))
+        );
+    }
+
+    #[test]
+    fn a_running_verification_is_not_started_again_and_a_lost_image_is_not_verified() {
+        let mut entry = Entry::new("debian", "uid-1", at(2, 0), CADENCE);
+        assert!(
+            !entry.tick("*/5 * * * *", true, at(2, 0), CADENCE).verify,
+            "the first run is the schedule's next time, not at once"
+        );
+        assert!(entry.tick("*/5 * * * *", true, at(2, 5), CADENCE).verify);
+        assert!(
+            !entry.tick("*/5 * * * *", true, at(2, 10), CADENCE).verify,
+            "still running"
+        );
+        entry.verified(at(2, 11), CADENCE);
+        assert!(entry.tick("*/5 * * * *", true, at(2, 15), CADENCE).verify);
+        entry.verified(at(2, 16), CADENCE);
+
+        let (verified, present) = run(&mut entry, "*/5 * * * *", false, at(2, 20), at(3, 0));
+        assert!(verified.is_empty(), "{verified:?}");
+        assert!(!present.is_empty(), "a lost image is still looked for");
+    }
+
+    #[test]
+    fn an_invalid_schedule_is_reported_once_and_a_fixed_one_takes_over() {
+        let mut entry = Entry::new("debian", "uid-1", at(2, 0), CADENCE);
+        let first = entry.tick("every day", true, at(2, 0), CADENCE);
+        assert!(first.invalid_schedule.is_some());
+        assert!(!first.verify);
+        let (verified, _) = run(&mut entry, "every day", true, at(2, 1), at(4, 0));
+        assert!(verified.is_empty());
+        assert_eq!(
+            entry
+                .tick("every day", true, at(4, 1), CADENCE)
+                .invalid_schedule,
+            None,
+            "said once, not at every tick"
+        );
+        let (verified, _) = run(&mut entry, "30 4 * * *", true, at(4, 2), at(5, 0));
+        assert_eq!(verified, vec![at(4, 30)]);
+    }
 
     #[test]
     fn the_annotation_wins_over_the_default() {

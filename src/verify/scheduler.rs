@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::k8s::events::{EventPublisher, EventType};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::check::{VerifiedImage, verify_check};
-use super::schedule::{jitter, next_run, schedule_of};
+use super::schedule::{Cadence, Entry, schedule_of};
 use super::{Verdict, record, verify};
 use crate::api::ClusterVirtualImage;
 use crate::api::catalog::ImageCatalog;
@@ -40,17 +40,6 @@ pub struct VerifySettings {
     pub selector: Option<String>,
     /// Where upstream checks may connect (the import's own egress policy).
     pub egress: Arc<crate::egress::EgressPolicy>,
-}
-
-/// What the loop knows of one image.
-struct Entry {
-    /// The image's name, which its metrics carry.
-    image: String,
-    schedule: String,
-    parsed: Option<crate::schedule::Schedule>,
-    next: Option<DateTime<Utc>>,
-    running: bool,
-    presence_next: DateTime<Utc>,
 }
 
 enum Done {
@@ -96,6 +85,10 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut entries: HashMap<String, Entry> = HashMap::new();
+    let cadence = Cadence {
+        jitter_window: settings.jitter_window,
+        presence_interval: settings.presence_interval,
+    };
     // Catalogs whose verification check is to be sent again.
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -107,10 +100,7 @@ pub async fn run(
                 match done {
                     Done::Verified { uid, catalog } => {
                         if let Some(entry) = entries.get_mut(&uid) {
-                            entry.running = false;
-                            entry.next = entry.parsed.as_ref().and_then(|schedule| {
-                                next_run(schedule, Utc::now(), jitter(&uid, settings.jitter_window))
-                            });
+                            entry.verified(Utc::now(), cadence);
                         }
                         dirty.extend(catalog);
                     }
@@ -143,40 +133,20 @@ pub async fn run(
             {
                 continue;
             }
-            let schedule = schedule_of(cvi.annotations(), &settings.default_schedule).to_string();
-            let entry = entries.entry(uid.clone()).or_insert_with(|| Entry {
-                image: cvi.name_any(),
-                schedule: String::new(),
-                parsed: None,
-                next: None,
-                running: false,
-                // Presence checks spread over their interval like verifications.
-                presence_next: now
-                    + chrono::Duration::from_std(jitter(&uid, settings.presence_interval))
-                        .unwrap_or_default(),
-            });
-            if entry.schedule != schedule {
-                entry.schedule = schedule.clone();
-                match crate::schedule::parse(&schedule) {
-                    Ok(parsed) => {
-                        entry.next = next_run(&parsed, now, jitter(&uid, settings.jitter_window));
-                        entry.parsed = Some(parsed);
-                    }
-                    Err(error) => {
-                        entry.parsed = None;
-                        entry.next = None;
-                        let verdict = Verdict::VerificationFailed(format!(
-                            "the verification schedule is invalid: {error}; fix the imagecatalog.dev/verify-schedule annotation (or the catalog entry it comes from)"
-                        ));
-                        if let Err(error) = record(&client, &cvi, &verdict).await {
-                            tracing::warn!(image = %cvi.name_any(), %error, "recording the schedule problem failed");
-                        }
-                    }
+            let schedule = schedule_of(cvi.annotations(), &settings.default_schedule);
+            let entry = entries
+                .entry(uid.clone())
+                .or_insert_with(|| Entry::new(&cvi.name_any(), &uid, now, cadence));
+            let tick = entry.tick(schedule, phase == Some(ImagePhase::Ready), now, cadence);
+            if let Some(error) = tick.invalid_schedule {
+                let verdict = Verdict::VerificationFailed(format!(
+                    "the verification schedule is invalid: {error}; fix the imagecatalog.dev/verify-schedule annotation (or the catalog entry it comes from)"
+                ));
+                if let Err(error) = record(&client, &cvi, &verdict).await {
+                    tracing::warn!(image = %cvi.name_any(), %error, "recording the schedule problem failed");
                 }
             }
-            if now >= entry.presence_next {
-                entry.presence_next = now
-                    + chrono::Duration::from_std(settings.presence_interval).unwrap_or_default();
+            if tick.check_presence {
                 let (client, dvcr, events, cvi, done) = (
                     client.clone(),
                     dvcr.clone(),
@@ -192,9 +162,7 @@ pub async fn run(
                     }
                 });
             }
-            let due = entry.next.is_some_and(|next| now >= next);
-            if due && !entry.running && phase == Some(ImagePhase::Ready) {
-                entry.running = true;
+            if tick.verify {
                 let egress = settings.egress.clone();
                 let (client, dvcr, events, metrics, slots, done) = (
                     client.clone(),
