@@ -218,6 +218,36 @@ fn metric(name: &str, catalog: &str) -> f64 {
         .sum()
 }
 
+/// A catalog on a repository of its own served by `git daemon`, whose first commit holds one
+/// catalog file, applied with `extra` spec lines. Deleted (with its images) when dropped.
+struct Served {
+    /// Serves the repository while the test runs.
+    _remote: GitDaemon,
+    repo: TestRepo,
+    url: String,
+    /// The first commit.
+    first: String,
+    _cleanup: Cleanup,
+}
+
+impl Served {
+    fn start(catalog: &'static str, (file, images): (&str, &[(&str, &str)]), extra: &str) -> Self {
+        let cleanup = Cleanup::fresh(catalog);
+        let repo = TestRepo::new();
+        let first = repo.commit(&[(file, &catalog_file(images))], "the first commit");
+        let remote = GitDaemon::start(&repo.root);
+        let url = remote.url(TestRepo::NAME);
+        apply_catalog(catalog, &url, extra);
+        Self {
+            _remote: remote,
+            repo,
+            url,
+            first,
+            _cleanup: cleanup,
+        }
+    }
+}
+
 /// Deletes the catalog (and, as it prunes, its images) when a test ends.
 struct Cleanup(&'static str);
 
@@ -295,18 +325,14 @@ fn note(url: &str, commit: &str) -> Option<String> {
 
 #[test]
 fn a_commit_becomes_ready_images_and_a_success_note_on_the_commit() {
-    let _cleanup = Cleanup::fresh("cat-basic");
-    let repo = TestRepo::new();
-    let commit = repo.commit(
-        &[(
+    let served = Served::start(
+        "cat-basic",
+        (
             "images/base.yaml",
-            &catalog_file(&[("cat-basic-a", "disk.qcow2"), ("cat-basic-b", "other.raw")]),
-        )],
-        "two images",
+            &[("cat-basic-a", "disk.qcow2"), ("cat-basic-b", "other.raw")],
+        ),
+        "  commitStatus: {provider: GitNotes}\n",
     );
-    let remote = GitDaemon::start(&repo.root);
-    let url = remote.url(TestRepo::NAME);
-    apply_catalog("cat-basic", &url, "  commitStatus: {provider: GitNotes}\n");
 
     wait_for_phase("cat-basic-a", "Ready");
     wait_for_phase("cat-basic-b", "Ready");
@@ -318,49 +344,53 @@ fn a_commit_becomes_ready_images_and_a_success_note_on_the_commit() {
     );
     assert_eq!(cvi["metadata"]["labels"]["example.com/os"], "linux");
     assert_eq!(annotations["imagecatalog.dev/source"], "images/base.yaml");
-    assert_eq!(annotations["imagecatalog.dev/commit"], commit.as_str());
+    assert_eq!(
+        annotations["imagecatalog.dev/commit"],
+        served.first.as_str()
+    );
 
     let status = wait_for_catalog("cat-basic", "the catalog to be Ready", |c| {
         condition(c, "Ready").is_some_and(|r| r["status"] == "True")
     });
-    assert_eq!(status["status"]["lastAppliedRevision"], commit.as_str());
+    assert_eq!(
+        status["status"]["lastAppliedRevision"],
+        served.first.as_str()
+    );
     assert_eq!(status["status"]["images"]["ready"], 2);
     assert_eq!(status["status"]["inventory"].as_array().unwrap().len(), 2);
     let printed = world()
         .env
         .kubectl_ok(&["get", "imagecatalog", "cat-basic"]);
     assert!(
-        printed.contains("True") && printed.contains(&commit[..12]),
+        printed.contains("True") && printed.contains(&served.first[..12]),
         "{printed}"
     );
 
     let text = wait_for("the success note on the commit", TIMEOUT, || {
-        note(&url, &commit).filter(|text| text.contains("image-catalog/cat-basic: success"))
+        note(&served.url, &served.first)
+            .filter(|text| text.contains("image-catalog/cat-basic: success"))
     });
     assert!(text.contains("2/2 Ready"), "{text}");
 }
 
 #[test]
 fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
-    let _cleanup = Cleanup::fresh("cat-edit");
-    let repo = TestRepo::new();
-    repo.commit(
-        &[(
+    let served = Served::start(
+        "cat-edit",
+        (
             "images/a.yaml",
-            &catalog_file(&[
+            &[
                 ("cat-edit-slow", "stall/disk.qcow2"),
                 ("cat-edit-gone", "other.raw"),
-            ]),
-        )],
-        "a slow image",
+            ],
+        ),
+        "",
     );
-    let remote = GitDaemon::start(&repo.root);
-    apply_catalog("cat-edit", &remote.url(TestRepo::NAME), "");
     wait_for_phase("cat-edit-slow", "Provisioning");
     wait_for_phase("cat-edit-gone", "Ready");
     let uid = get("cvi", "cat-edit-gone").unwrap()["metadata"]["uid"].clone();
 
-    let fixed = repo.commit(
+    let fixed = served.repo.commit(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-edit-slow", "disk.qcow2")]),
@@ -391,18 +421,12 @@ fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
 
 #[test]
 fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
-    let _cleanup = Cleanup::fresh("cat-hold");
-    let repo = TestRepo::new();
     let names = ["cat-hold-a", "cat-hold-b", "cat-hold-c", "cat-hold-d"];
-    repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&names.map(|name| (name, "other.raw"))),
-        )],
-        "four images",
+    let served = Served::start(
+        "cat-hold",
+        ("images/a.yaml", &names.map(|name| (name, "other.raw"))),
+        "",
     );
-    let remote = GitDaemon::start(&repo.root);
-    apply_catalog("cat-hold", &remote.url(TestRepo::NAME), "");
     for name in names {
         wait_for_phase(name, "Ready");
     }
@@ -423,7 +447,7 @@ fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
     };
 
     // Three of four images gone is more than the default 50%: held, nothing deleted.
-    let pruning = repo.commit(
+    let pruning = served.repo.commit(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-hold-a", "other.raw")]),
@@ -469,7 +493,7 @@ fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
 
     // A force-push: the new commit does not descend from the applied one. Held, even
     // though it deletes nothing, until that very commit is confirmed.
-    let rewritten = repo.amend(
+    let rewritten = served.repo.amend(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-hold-a", "other.raw"), ("cat-hold-e", "other.raw")]),
@@ -491,31 +515,20 @@ fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
 
 #[test]
 fn an_invalid_commit_applies_nothing_and_names_each_problem() {
-    let _cleanup = Cleanup::fresh("cat-invalid");
-    let repo = TestRepo::new();
-    let good = repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-invalid-a", "disk.qcow2")]),
-        )],
-        "one image",
-    );
-    let remote = GitDaemon::start(&repo.root);
-    let url = remote.url(TestRepo::NAME);
-    apply_catalog(
+    let served = Served::start(
         "cat-invalid",
-        &url,
+        ("images/a.yaml", &[("cat-invalid-a", "disk.qcow2")]),
         "  commitStatus: {provider: GitNotes}\n",
     );
     wait_for_catalog("cat-invalid", "the first commit applied", |c| {
-        c["status"]["lastAppliedRevision"] == good.as_str()
+        c["status"]["lastAppliedRevision"] == served.first.as_str()
     });
 
     let grown = catalog_file(&[
         ("cat-invalid-a", "disk.qcow2"),
         ("cat-invalid-new", "other.raw"),
     ]);
-    let bad = repo.commit(
+    let bad = served.repo.commit(
         &[
             ("images/a.yaml", grown.as_str()),
             (
@@ -550,14 +563,17 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
             .any(|p| p.starts_with("images/b.yaml:3:17") && p.contains("http is required")),
         "{problems:?}"
     );
-    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    assert_eq!(
+        status["status"]["lastAppliedRevision"],
+        served.first.as_str()
+    );
     assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
     assert!(
         get("cvi", "cat-invalid-new").is_none(),
         "nothing of an invalid commit is applied"
     );
     let text = wait_for("the failure note", TIMEOUT, || {
-        note(&url, &bad).filter(|t| t.contains("image-catalog/cat-invalid: failure"))
+        note(&served.url, &bad).filter(|t| t.contains("image-catalog/cat-invalid: failure"))
     });
     assert!(text.contains("images/b.yaml:2:11"), "{text}");
 }
@@ -574,20 +590,9 @@ fn alias_bomb() -> String {
 
 #[test]
 fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_one() {
-    let _cleanup = Cleanup::fresh("cat-hostile");
-    let repo = TestRepo::new();
-    let good = repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-hostile-a", "disk.qcow2")]),
-        )],
-        "one image",
-    );
-    let remote = GitDaemon::start(&repo.root);
-    let url = remote.url(TestRepo::NAME);
-    apply_catalog(
+    let served = Served::start(
         "cat-hostile",
-        &url,
+        ("images/a.yaml", &[("cat-hostile-a", "disk.qcow2")]),
         "  commitStatus: {provider: GitNotes}\n",
     );
     wait_for_phase("cat-hostile-a", "Ready");
@@ -595,7 +600,7 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
     // Each of these took the daemon's memory (and so its life, at every restart) before.
     let deep = "- ".repeat(12_000) + "x\n";
     let bomb = alias_bomb();
-    let hostile = repo.commit(
+    let hostile = served.repo.commit(
         &[("images/bomb.yaml", &bomb), ("images/deep.yaml", &deep)],
         "an alias bomb and a deep nest",
     );
@@ -616,14 +621,17 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
         problems.contains("images/deep.yaml:1:129: mappings and sequences nest deeper than 64"),
         "{problems}"
     );
-    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    assert_eq!(
+        status["status"]["lastAppliedRevision"],
+        served.first.as_str()
+    );
     let text = wait_for("the failure note", TIMEOUT, || {
-        note(&url, &hostile).filter(|t| t.contains("image-catalog/cat-hostile: failure"))
+        note(&served.url, &hostile).filter(|t| t.contains("image-catalog/cat-hostile: failure"))
     });
     assert!(text.contains("images/deep.yaml:1:129"), "{text}");
 
     let huge = "# padding\n".repeat(500_000);
-    let too_large = repo.commit(
+    let too_large = served.repo.commit(
         &[
             ("images/bomb.yaml", ""),
             ("images/deep.yaml", ""),
@@ -640,11 +648,14 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
         problems.contains("images/huge.yaml:1:1: the file has 5000000 bytes, more than the 4 MiB"),
         "{problems}"
     );
-    assert_eq!(status["status"]["lastAppliedRevision"], good.as_str());
+    assert_eq!(
+        status["status"]["lastAppliedRevision"],
+        served.first.as_str()
+    );
     assert_eq!(phase("cat-hostile-a").as_deref(), Some("Ready"));
 
     // The same daemon applies the next good commit.
-    let fixed = repo.commit(
+    let fixed = served.repo.commit(
         &[
             ("images/huge.yaml", ""),
             (
@@ -667,22 +678,15 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
 
 #[test]
 fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recreate() {
-    let _cleanup = Cleanup::fresh("cat-ready");
-    let repo = TestRepo::new();
-    repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-ready-a", "disk.qcow2")]),
-        )],
-        "one image",
+    let served = Served::start(
+        "cat-ready",
+        ("images/a.yaml", &[("cat-ready-a", "disk.qcow2")]),
+        "",
     );
-    let remote = GitDaemon::start(&repo.root);
-    let url = remote.url(TestRepo::NAME);
-    apply_catalog("cat-ready", &url, "");
     wait_for_phase("cat-ready-a", "Ready");
     let old_uid = get("cvi", "cat-ready-a").unwrap()["metadata"]["uid"].clone();
 
-    let changed = repo.commit(
+    let changed = served.repo.commit(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-ready-a", "other.raw")]),
@@ -706,7 +710,7 @@ fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recrea
         old_uid
     );
 
-    apply_catalog("cat-ready", &url, "  readyImagePolicy: Recreate\n");
+    apply_catalog("cat-ready", &served.url, "  readyImagePolicy: Recreate\n");
     wait_for(
         "the image to be recreated from the new source",
         TIMEOUT,
@@ -763,17 +767,11 @@ fn two_catalogs_claiming_one_name_the_second_is_refused() {
 
 #[test]
 fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_writes_nothing() {
-    let _cleanup = Cleanup::fresh("cat-hook");
-    let repo = TestRepo::new();
-    let first = repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-hook-a", "disk.qcow2")]),
-        )],
-        "one image",
+    let served = Served::start(
+        "cat-hook",
+        ("images/a.yaml", &[("cat-hook-a", "disk.qcow2")]),
+        "",
     );
-    let remote = GitDaemon::start(&repo.root);
-    apply_catalog("cat-hook", &remote.url(TestRepo::NAME), "");
     wait_for_phase("cat-hook-a", "Ready");
     wait_for_catalog("cat-hook", "the catalog to be Ready", |c| {
         condition(c, "Ready").is_some_and(|r| r["status"] == "True")
@@ -791,7 +789,7 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
         writes
     );
 
-    let second = repo.commit(
+    let second = served.repo.commit(
         &[(
             "images/a.yaml",
             &catalog_file(&[("cat-hook-a", "disk.qcow2"), ("cat-hook-b", "other.raw")]),
@@ -819,7 +817,7 @@ fn only_a_correctly_signed_webhook_triggers_a_sync_and_an_unchanged_resync_write
     );
     assert_eq!(
         catalog("cat-hook")["status"]["lastAttemptedRevision"],
-        first.as_str()
+        served.first.as_str()
     );
     assert!(get("cvi", "cat-hook-b").is_none());
 
@@ -998,7 +996,6 @@ fn smart_https_with_basic_auth_syncs_and_a_wrong_password_says_so_without_leakin
 
 #[test]
 fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
-    let _cleanup = Cleanup::fresh("cat-forge");
     let forge = common::forge::FakeForge::start(common::forge::Flavor::GitLab {
         token: "glpat-forge-s3cret".into(),
         project: "platform/images/catalog".into(),
@@ -1007,18 +1004,12 @@ fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: cat-forge-gitlab, namespace: image-catalog, labels: {imagecatalog.dev/catalog-secret: \"true\"}}\n\
          stringData: {token: glpat-forge-s3cret}\n",
     );
-    let repo = TestRepo::new();
-    let commit = repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-forge-a", "disk.qcow2"), ("cat-forge-b", "other.raw")]),
-        )],
-        "two images",
-    );
-    let remote = GitDaemon::start(&repo.root);
-    apply_catalog(
+    let served = Served::start(
         "cat-forge",
-        &remote.url(TestRepo::NAME),
+        (
+            "images/a.yaml",
+            &[("cat-forge-a", "disk.qcow2"), ("cat-forge-b", "other.raw")],
+        ),
         &format!(
             "  commitStatus: {{provider: GitLab, apiURL: '{}', repository: platform/images/catalog, secretRef: {{name: cat-forge-gitlab}}}}\n",
             forge.api_url()
@@ -1028,7 +1019,7 @@ fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
     let deadline = std::time::Instant::now() + TIMEOUT;
     let (state, description) = loop {
         if let Some(status) = forge
-            .gitlab_status(&commit, context)
+            .gitlab_status(&served.first, context)
             .filter(|(state, _)| state == "success")
         {
             break status;
@@ -1054,7 +1045,10 @@ fn a_gitlab_project_gets_a_pending_then_a_success_status_on_the_commit() {
     assert_eq!(states.last(), Some(&"success"), "{calls:#?}");
     assert!(
         calls.iter().all(|call| call.path
-            == format!("/api/v4/projects/platform%2Fimages%2Fcatalog/statuses/{commit}")),
+            == format!(
+                "/api/v4/projects/platform%2Fimages%2Fcatalog/statuses/{}",
+                served.first
+            )),
         "{calls:#?}"
     );
     // Nothing more once the state is final: the next sync of the same commit posts nothing.
@@ -1156,7 +1150,6 @@ fn blob_file(digest: &str) -> std::path::PathBuf {
 
 #[test]
 fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do() {
-    let _cleanup = Cleanup::fresh("cat-verify");
     // Bytes no other test stores: the registry shares equal blobs between images.
     let unique: Vec<u8> = format!("verify {:?} ", std::time::SystemTime::now())
         .bytes()
@@ -1168,17 +1161,11 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
         &unique,
     )
     .unwrap();
-    let repo = TestRepo::new();
-    let commit = repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-verify-a", "verify-unique.raw")]),
-        )],
-        "one image",
+    let served = Served::start(
+        "cat-verify",
+        ("images/a.yaml", &[("cat-verify-a", "verify-unique.raw")]),
+        "  commitStatus: {provider: GitNotes}\n",
     );
-    let remote = GitDaemon::start(&repo.root);
-    let url = remote.url(TestRepo::NAME);
-    apply_catalog("cat-verify", &url, "  commitStatus: {provider: GitNotes}\n");
     wait_for_phase("cat-verify-a", "Ready");
     let verified = |reason: &str| {
         let cvi = get("cvi", "cat-verify-a").unwrap();
@@ -1272,7 +1259,8 @@ fn verify_confirms_intact_bytes_and_reports_corruption_and_loss_with_what_to_do(
     assert!(!events.trim().is_empty(), "no ImageLost event");
     // The catalog's commit says so too, beside the sync's own section.
     let text = wait_for("the verification failure on the commit", TIMEOUT, || {
-        note(&url, &commit).filter(|text| text.contains("image-catalog/cat-verify/verify: failure"))
+        note(&served.url, &served.first)
+            .filter(|text| text.contains("image-catalog/cat-verify/verify: failure"))
     });
     assert!(text.contains("cat-verify-a (ImageLost)"), "{text}");
     assert!(text.contains("image-catalog/cat-verify: "), "{text}");

@@ -174,12 +174,7 @@ spec:
     http:
       url: https://mirror.example.com/images/ubuntu.qcow2
 "#;
-    let output = env.kubectl_with_input(&["apply", "-f", "-"], manifest);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.kubectl_input_ok(&["apply", "-f", "-"], manifest);
     let listed = env.kubectl_ok(&["get", "vi", "-n", "vi-api-test"]);
     assert_eq!(
         header(&listed),
@@ -223,12 +218,7 @@ async fn a_status_write_meant_for_a_deleted_image_never_lands_on_its_namesake() 
          spec: {{dataSource: {{type: HTTP, http: {{url: 'https://example.invalid/a.img'}}}}}}\n"
     );
     let _ = env.kubectl_ok(&["delete", "cvi", name, "--ignore-not-found", "--wait=true"]);
-    let out = env.kubectl_with_input(&["create", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.kubectl_input_ok(&["create", "-f", "-"], &manifest);
     let client = env.kube_client().await;
     let api: Api<ClusterVirtualImage> = Api::all(client.clone());
     let first = api.get(name).await.unwrap();
@@ -242,12 +232,7 @@ async fn a_status_write_meant_for_a_deleted_image_never_lands_on_its_namesake() 
 
     // The same name, another image: the old import's write must fail.
     env.kubectl_ok(&["delete", "cvi", name, "--wait=true"]);
-    let out = env.kubectl_with_input(&["create", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.kubectl_input_ok(&["create", "-f", "-"], &manifest);
     let second = api.get(name).await.unwrap();
     assert_ne!(second.uid(), first.uid());
     let stale = store.write_import(&mut old_target, &ready).await;

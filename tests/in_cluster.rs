@@ -561,12 +561,7 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
          \x20 labels: {{{SUITE_LABEL}: {SUITE}}}\n  commitStatus: {{provider: GitNotes}}\n",
         git_daemon.url(TestRepo::NAME)
     );
-    let out = env.kubectl_with_input(&["apply", "-f", "-"], &catalog);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.kubectl_input_ok(&["apply", "-f", "-"], &catalog);
     let image = ready(&env, "e2e-catalog-image");
     assert_eq!(stored_sha256(&env, &image), sha256_file(&qcow2));
     let bare = repo.bare();

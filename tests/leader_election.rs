@@ -183,14 +183,8 @@ impl World {
             "metadata": {"name": name, "labels": {SUITE_LABEL: self.suite}},
             "spec": {"dataSource": {"type": "HTTP", "http": {"url": self.http.url("disk.raw")}}},
         });
-        let output = self
-            .env
-            .kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
-        assert!(
-            output.status.success(),
-            "creating {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.env
+            .kubectl_input_ok(&["create", "-f", "-"], &manifest.to_string());
     }
 
     fn image(&self, name: &str) -> Value {
@@ -262,14 +256,8 @@ impl World {
                 }],
             },
         });
-        let output = self
-            .env
-            .kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
-        assert!(
-            output.status.success(),
-            "creating pod {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.env
+            .kubectl_input_ok(&["create", "-f", "-"], &manifest.to_string());
     }
 
     fn pod_is_labelled_leader(&self, name: &str) -> bool {
@@ -466,14 +454,9 @@ fn a_standby_writes_nothing_until_it_leads() {
             "leaseTransitions": 0,
         },
     });
-    let output = world
+    world
         .env
-        .kubectl_with_input(&["create", "-f", "-"], &held.to_string());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .kubectl_input_ok(&["create", "-f", "-"], &held.to_string());
 
     let standby = Daemon::start(&world, &lease, &format!("{lease}-a"));
     standby.wait_log(&format!("standby: lease {lease} held by another-replica"));

@@ -38,12 +38,7 @@ impl Drop for Daemon {
 }
 
 fn apply(env: &TestEnv, yaml: &str) {
-    let out = env.kubectl_with_input(&["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.kubectl_input_ok(&["apply", "-f", "-"], yaml);
 }
 
 fn catalog_secret(name: &str, data: Value) -> String {

@@ -92,12 +92,7 @@ spec:
       capabilities: {{drop: [ALL]}}
 "#
     );
-    let out = env.kubectl_with_input(&["apply", "-f", "-"], &pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.kubectl_input_ok(&["apply", "-f", "-"], &pod);
     let pod_ip = wait_for("the pod to run", Duration::from_secs(120), || {
         let phase = env.kubectl_ok(&[
             "-n",

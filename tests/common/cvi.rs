@@ -33,12 +33,7 @@ pub fn recreate(env: &TestEnv, manifest: &Value) {
             "--timeout=60s",
         ])
         .output();
-    let output = env.kubectl_with_input(&["create", "-f", "-"], &manifest.to_string());
-    assert!(
-        output.status.success(),
-        "creating {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.kubectl_input_ok(&["create", "-f", "-"], &manifest.to_string());
 }
 
 /// The image as the apiserver has it, or None when there is none.

@@ -73,6 +73,18 @@ impl TestEnv {
     }
 
     /// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
+    /// Runs kubectl with `args`, feeding `stdin`; fails the test unless it succeeds.
+    pub fn kubectl_input_ok(&self, args: &[&str], stdin: &str) -> String {
+        let output = self.kubectl_with_input(args, stdin);
+        assert!(
+            output.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let output = self.kubectl().args(args).output().expect("kubectl runs");
         assert!(
@@ -218,12 +230,7 @@ impl TestEnv {
         let manifest = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
         );
-        let out = self.kubectl_with_input(&["apply", "-f", "-"], &manifest);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.kubectl_input_ok(&["apply", "-f", "-"], &manifest);
     }
 }
 

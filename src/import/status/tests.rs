@@ -4,6 +4,11 @@ fn time(seconds: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
 }
 
+/// The status after `state`, at second `at`, for generation 1.
+fn step(before: &ImageStatus, state: &ImportState, at: i64) -> ImageStatus {
+    next_status(before, 1, state, &time(at))
+}
+
 fn transfer(received: u64, total: u64) -> Transfer {
     Transfer {
         received,
@@ -18,11 +23,10 @@ fn transfer(received: u64, total: u64) -> Transfer {
 
 #[test]
 fn a_running_download_shows_progress_speed_and_stored_size() {
-    let status = next_status(
+    let status = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Transferring(transfer(282, 1000)),
-        &time(10),
+        10,
     );
     assert_eq!(status.phase, Some(ImagePhase::Provisioning));
     assert_eq!(status.progress.as_deref(), Some("28.2%"));
@@ -40,18 +44,12 @@ fn a_running_download_shows_progress_speed_and_stored_size() {
 
 #[test]
 fn a_retried_download_of_the_same_import_does_not_move_progress_backwards() {
-    let before = next_status(
+    let before = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Transferring(transfer(500, 1000)),
-        &time(10),
+        10,
     );
-    let after = next_status(
-        &before,
-        1,
-        &ImportState::Transferring(transfer(100, 1000)),
-        &time(12),
-    );
+    let after = step(&before, &ImportState::Transferring(transfer(100, 1000)), 12);
     assert_eq!(after.progress.as_deref(), Some("50.0%"));
 }
 
@@ -61,21 +59,15 @@ fn upload_urls_stay_while_the_upload_runs_and_go_once_the_image_is_stored() {
         external: Some("http://x/upload/t".into()),
         in_cluster: Some("http://svc/upload/t".into()),
     };
-    let awaiting = next_status(
+    let awaiting = step(
         &ImageStatus::default(),
-        1,
         &ImportState::AwaitingUpload {
             urls: urls.clone(),
             message: "upload".into(),
         },
-        &time(10),
+        10,
     );
-    let running = next_status(
-        &awaiting,
-        1,
-        &ImportState::Transferring(transfer(1, 2)),
-        &time(11),
-    );
+    let running = step(&awaiting, &ImportState::Transferring(transfer(1, 2)), 11);
     assert_eq!(running.image_upload_urls, Some(urls));
     let stored = StoredImage {
         registry_url: "dvcr:5000/cvi/a:uid".into(),
@@ -85,7 +77,7 @@ fn upload_urls_stay_while_the_upload_runs_and_go_once_the_image_is_stored() {
         virtual_size: 2,
         source_uid: None,
     };
-    let ready = next_status(&running, 1, &ImportState::Stored(stored), &time(12));
+    let ready = step(&running, &ImportState::Stored(stored), 12);
     assert_eq!(ready.image_upload_urls, None);
 }
 
@@ -135,12 +127,7 @@ fn a_failure_names_its_reason_in_ready_and_blames_the_source_only_when_it_is_at_
         message: "sha256 differs".into(),
         source_fault: false,
     };
-    let status = next_status(
-        &ImageStatus::default(),
-        1,
-        &ImportState::Failed(problem),
-        &time(5),
-    );
+    let status = step(&ImageStatus::default(), &ImportState::Failed(problem), 5);
     assert_eq!(status.phase, Some(ImagePhase::Failed));
     assert_eq!(
         condition_of(&status.conditions, READY).reason,
@@ -158,12 +145,7 @@ fn a_failure_names_its_reason_in_ready_and_blames_the_source_only_when_it_is_at_
         message: "404".into(),
         source_fault: true,
     };
-    let status = next_status(
-        &ImageStatus::default(),
-        1,
-        &ImportState::Failed(problem),
-        &time(5),
-    );
+    let status = step(&ImageStatus::default(), &ImportState::Failed(problem), 5);
     assert_eq!(
         condition_of(&status.conditions, DATASOURCE_READY).status,
         "False"
@@ -173,8 +155,8 @@ fn a_failure_names_its_reason_in_ready_and_blames_the_source_only_when_it_is_at_
 #[test]
 fn the_same_state_twice_gives_the_same_status() {
     let state = ImportState::Transferring(transfer(10, 100));
-    let first = next_status(&ImageStatus::default(), 1, &state, &time(1));
-    let second = next_status(&first, 1, &state, &time(9));
+    let first = step(&ImageStatus::default(), &state, 1);
+    let second = step(&first, &state, 9);
     assert_eq!(first, second);
 }
 
@@ -191,11 +173,10 @@ fn a_transfer_resumed_from_its_checkpoint_says_where_it_went_on() {
         after_restart: AfterRestart::ResumedAt(600),
         ..transfer(700, 1000)
     };
-    let status = next_status(
+    let status = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Transferring(resumed),
-        &time(20),
+        20,
     );
     let message = ready_message(&status);
     assert!(message.starts_with(RESUMED_MESSAGE), "{message}");
@@ -210,11 +191,10 @@ fn ready_message(status: &ImageStatus) -> &str {
 #[test]
 fn a_transfer_cut_by_a_restart_starts_again_from_zero_and_says_so() {
     // What the previous daemon wrote last: 75% of the file.
-    let before = next_status(
+    let before = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Transferring(transfer(750, 1000)),
-        &time(10),
+        10,
     );
     assert!(interrupted_by_restart(&before, 1));
     let start = starting_point(&before, 1);
@@ -222,12 +202,7 @@ fn a_transfer_cut_by_a_restart_starts_again_from_zero_and_says_so() {
     assert_eq!(start.size, None);
     assert_eq!(start.conditions, before.conditions);
 
-    let first = next_status(
-        &start,
-        1,
-        &ImportState::Transferring(restarted(100, 1000)),
-        &time(20),
-    );
+    let first = step(&start, &ImportState::Transferring(restarted(100, 1000)), 20);
     assert_eq!(first.progress.as_deref(), Some("10.0%"));
     assert!(
         ready_message(&first).starts_with(RESTARTED_MESSAGE),
@@ -237,68 +212,58 @@ fn a_transfer_cut_by_a_restart_starts_again_from_zero_and_says_so() {
     assert!(ready_message(&first).contains("Downloading: 100B of 1000B"));
     // Within the new transfer progress still never goes backwards, and stays below 100%
     // until the image is Ready.
-    let later = next_status(
-        &first,
-        1,
-        &ImportState::Transferring(restarted(50, 1000)),
-        &time(22),
-    );
+    let later = step(&first, &ImportState::Transferring(restarted(50, 1000)), 22);
     assert_eq!(later.progress.as_deref(), Some("10.0%"));
-    let end = next_status(
+    let end = step(
         &later,
-        1,
         &ImportState::Transferring(restarted(1000, 1000)),
-        &time(24),
+        24,
     );
     assert_eq!(end.progress.as_deref(), Some("99.9%"));
 }
 
 #[test]
 fn only_a_status_of_this_spec_in_flight_counts_as_interrupted() {
-    let provisioning = next_status(
+    let provisioning = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Transferring(transfer(750, 1000)),
-        &time(10),
+        10,
     );
     // Another spec: a new import, also from zero, but not a restart.
     assert!(!interrupted_by_restart(&provisioning, 2));
     assert_eq!(starting_point(&provisioning, 2).progress, None);
-    let waiting = next_status(
+    let waiting = step(
         &ImageStatus::default(),
-        1,
         &ImportState::Waiting {
             reason: "WaitingForImportSlot".into(),
             message: "later".into(),
             source_blocked: false,
         },
-        &time(10),
+        10,
     );
     assert!(!interrupted_by_restart(&waiting, 1));
     let urls = ImageUploadUrls {
         external: Some("http://x/upload/t".into()),
         in_cluster: None,
     };
-    let awaiting = next_status(
+    let awaiting = step(
         &ImageStatus::default(),
-        1,
         &ImportState::AwaitingUpload {
             urls: urls.clone(),
             message: "upload".into(),
         },
-        &time(10),
+        10,
     );
     assert!(!interrupted_by_restart(&awaiting, 1));
     // An upload that arrived and waited for a slot was cut too.
-    let queued = next_status(
+    let queued = step(
         &awaiting,
-        1,
         &ImportState::Waiting {
             reason: "WaitingForImportSlot".into(),
             message: "later".into(),
             source_blocked: false,
         },
-        &time(11),
+        11,
     );
     assert_eq!(queued.image_upload_urls, Some(urls.clone()));
     assert!(interrupted_by_restart(&queued, 1));

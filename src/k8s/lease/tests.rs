@@ -17,10 +17,15 @@ fn seen(record: LeaseRecord, at: Instant) -> Option<Observation> {
     Some(Observation { record, at })
 }
 
+/// What this replica decides, with the default timings.
+fn decide_as_me(observed: Option<&Observation>, role: Role, now: Instant) -> Decision {
+    decide(observed, ME, role, &Timings::default(), now)
+}
+
 #[test]
 fn a_missing_lease_is_acquired_and_created_with_no_transitions() {
     let now = Instant::now();
-    let decision = decide(None, ME, Role::Standby, &Timings::default(), now);
+    let decision = decide_as_me(None, Role::Standby, now);
     assert_eq!(decision, Decision::Acquire);
     let written = Timestamp::from_second(1_700_000_200).unwrap();
     let spec = next_spec(&decision, None, ME, &Timings::default(), written).unwrap();
@@ -43,13 +48,7 @@ fn an_empty_holder_is_free() {
     assert_eq!(released.holder, None);
     let observed = seen(released, now);
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Standby,
-            &Timings::default(),
-            now
-        ),
+        decide_as_me(observed.as_ref(), Role::Standby, now),
         Decision::Acquire
     );
 }
@@ -60,13 +59,7 @@ fn a_held_lease_waits_until_observed_plus_duration() {
     let observed = seen(record(Some(OTHER), 1), observed_at);
     let later = observed_at + Duration::from_secs(14);
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Standby,
-            &Timings::default(),
-            later
-        ),
+        decide_as_me(observed.as_ref(), Role::Standby, later),
         Decision::Wait {
             holder: OTHER.into(),
             until: observed_at + Duration::from_secs(15),
@@ -82,13 +75,7 @@ fn the_holders_duration_counts_not_ours() {
     let observed = seen(long, observed_at);
     let later = observed_at + Duration::from_secs(30);
     assert!(matches!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Standby,
-            &Timings::default(),
-            later
-        ),
+        decide_as_me(observed.as_ref(), Role::Standby, later),
         Decision::Wait { .. }
     ));
 }
@@ -99,13 +86,7 @@ fn an_expired_lease_is_acquired() {
     let observed = seen(record(Some(OTHER), 1), observed_at);
     let later = observed_at + Duration::from_secs(15);
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Standby,
-            &Timings::default(),
-            later
-        ),
+        decide_as_me(observed.as_ref(), Role::Standby, later),
         Decision::Acquire
     );
 }
@@ -127,11 +108,9 @@ fn expiry_counts_from_the_last_observed_change_not_from_the_remote_renew_time() 
     let changed = observe(Some(again), renewed, first + Duration::from_secs(12));
     assert_eq!(changed.at, first + Duration::from_secs(12));
     assert!(matches!(
-        decide(
+        decide_as_me(
             Some(&changed),
-            ME,
             Role::Standby,
-            &Timings::default(),
             first + Duration::from_secs(20)
         ),
         Decision::Wait { .. }
@@ -146,7 +125,7 @@ fn our_own_lease_renews_and_keeps_acquire_time_and_transitions() {
     let role = Role::Leader {
         renewed_at: now - Duration::from_secs(2),
     };
-    let decision = decide(observed.as_ref(), ME, role, &Timings::default(), now);
+    let decision = decide_as_me(observed.as_ref(), role, now);
     assert_eq!(decision, Decision::Renew);
     let written = Timestamp::from_second(1_700_000_300).unwrap();
     let spec = next_spec(&decision, Some(&ours), ME, &Timings::default(), written).unwrap();
@@ -160,13 +139,7 @@ fn a_restarted_process_with_the_same_identity_takes_its_lease_back_at_once() {
     let now = Instant::now();
     let observed = seen(record(Some(ME), 2), now);
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Standby,
-            &Timings::default(),
-            now
-        ),
+        decide_as_me(observed.as_ref(), Role::Standby, now),
         Decision::Renew
     );
 }
@@ -178,23 +151,11 @@ fn a_renew_past_the_deadline_is_lost() {
     let role = Role::Leader { renewed_at };
     let timings = Timings::default();
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            role,
-            &timings,
-            renewed_at + Duration::from_secs(9)
-        ),
+        decide_as_me(observed.as_ref(), role, renewed_at + Duration::from_secs(9)),
         Decision::Renew
     );
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            role,
-            &timings,
-            renewed_at + timings.renew_deadline
-        ),
+        decide_as_me(observed.as_ref(), role, renewed_at + timings.renew_deadline),
         Decision::Lost(LostReason::RenewDeadlinePassed)
     );
 }
@@ -204,13 +165,7 @@ fn a_leader_that_finds_another_holder_has_lost() {
     let now = Instant::now();
     let observed = seen(record(Some(OTHER), 2), now);
     assert_eq!(
-        decide(
-            observed.as_ref(),
-            ME,
-            Role::Leader { renewed_at: now },
-            &Timings::default(),
-            now
-        ),
+        decide_as_me(observed.as_ref(), Role::Leader { renewed_at: now }, now),
         Decision::Lost(LostReason::TakenOver {
             holder: OTHER.into()
         })
