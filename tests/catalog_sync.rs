@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::file_server::{Behavior, FileServer};
 use common::git_server::{GitDaemon, HttpGitServer, SshGitServer, TestRepo, git};
-use common::{TestEnv, raw_http, testenv, wait_for};
+use common::{TestEnv, condition, raw_http, testenv, wait_for};
 use serde_json::Value;
 
 const SUITE_LABEL: &str = "image-catalog.test/suite";
@@ -155,27 +155,11 @@ fn apply_catalog(name: &str, url: &str, extra: &str) {
 }
 
 fn get(kind: &str, name: &str) -> Option<Value> {
-    let out = world()
-        .env
-        .kubectl()
-        .args(["get", kind, name, "-o", "json"])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    world().env.get_json(&[kind, name])
 }
 
 fn catalog(name: &str) -> Value {
     get("imagecatalog", name).unwrap_or_else(|| panic!("ImageCatalog {name} exists"))
-}
-
-fn condition(object: &Value, kind: &str) -> Option<Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .cloned()
 }
 
 fn wait_for_catalog(name: &str, what: &str, mut probe: impl FnMut(&Value) -> bool) -> Value {

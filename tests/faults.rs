@@ -62,11 +62,7 @@ impl Drop for Killed {
 }
 
 fn ready_condition(cvi: &Value) -> Value {
-    cvi["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or(Value::Null)
+    common::condition(cvi, "Ready").unwrap_or(Value::Null)
 }
 
 fn checkpoint_offset(env: &TestEnv, uid: &str) -> Option<u64> {

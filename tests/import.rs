@@ -231,11 +231,7 @@ fn settled(env: &TestEnv, name: &str) -> Value {
 }
 
 fn ready_condition(cvi: &Value) -> (String, String) {
-    let condition = cvi["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
+    let condition = condition(cvi, "Ready");
     (
         condition["reason"].as_str().unwrap_or("").to_string(),
         condition["message"].as_str().unwrap_or("").to_string(),
@@ -897,11 +893,7 @@ fn a_source_without_content_length_is_imported_through_the_spool() {
 }
 
 fn condition(cvi: &Value, type_: &str) -> Value {
-    cvi["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or_default()
+    common::condition(cvi, type_).unwrap_or_default()
 }
 
 fn metric(port: u16, name: &str) -> f64 {

@@ -115,19 +115,6 @@ fn push_image(env: &TestEnv, dir: &Path, epoch: u64) -> (String, String) {
     )
 }
 
-fn kubectl_json(env: &TestEnv, args: &[&str]) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).unwrap())
-}
-
 fn cvi(env: &TestEnv, name: &str) -> Option<Value> {
     common::cvi::get(env, name)
 }
@@ -209,18 +196,15 @@ fn write_random(path: &Path, len: usize, seed: u64) {
 
 /// The pods of the release: (name, ready, leader label).
 fn pods(env: &TestEnv) -> Vec<(String, bool, bool)> {
-    let list = kubectl_json(
-        env,
-        &[
+    let list = env
+        .get_json(&[
             "-n",
             NAMESPACE,
-            "get",
             "pods",
             "-l",
             &format!("app.kubernetes.io/instance={RELEASE}"),
-        ],
-    )
-    .unwrap();
+        ])
+        .unwrap();
     list["items"]
         .as_array()
         .unwrap()
@@ -243,13 +227,13 @@ fn pods(env: &TestEnv) -> Vec<(String, bool, bool)> {
 
 /// How often the pod's container was restarted.
 fn restarts(env: &TestEnv, pod: &str) -> u64 {
-    kubectl_json(env, &["-n", NAMESPACE, "get", "pod", pod])
+    env.get_json(&["-n", NAMESPACE, "pod", pod])
         .and_then(|pod| pod["status"]["containerStatuses"][0]["restartCount"].as_u64())
         .unwrap_or(0)
 }
 
 fn lease_holder(env: &TestEnv) -> Option<String> {
-    let lease = kubectl_json(env, &["-n", NAMESPACE, "get", "lease", FULLNAME])?;
+    let lease = env.get_json(&["-n", NAMESPACE, "lease", FULLNAME])?;
     lease["spec"]["holderIdentity"]
         .as_str()
         .filter(|h| !h.is_empty())
@@ -400,11 +384,13 @@ fn granted(env: &TestEnv) -> BTreeSet<String> {
         ("clusterrole", FULLNAME.to_string()),
         ("role", FULLNAME.to_string()),
     ] {
-        let mut args = vec!["get", kind, &name];
+        let mut args = vec![kind, &name];
         if kind == "role" {
             args.extend(["-n", NAMESPACE]);
         }
-        let role = kubectl_json(env, &args).unwrap_or_else(|| panic!("{kind} {name} exists"));
+        let role = env
+            .get_json(&args)
+            .unwrap_or_else(|| panic!("{kind} {name} exists"));
         for rule in role["rules"].as_array().unwrap() {
             for group in rule["apiGroups"].as_array().unwrap() {
                 for resource in rule["resources"].as_array().unwrap() {
@@ -427,11 +413,9 @@ fn prepare(env: &TestEnv) {
     let _ = helm(env)
         .args(["uninstall", RELEASE, "-n", NAMESPACE, "--wait"])
         .output();
-    let images = kubectl_json(
-        env,
-        &["get", "cvi", "-l", &format!("{SUITE_LABEL}={SUITE}")],
-    )
-    .unwrap();
+    let images = env
+        .get_json(&["cvi", "-l", &format!("{SUITE_LABEL}={SUITE}")])
+        .unwrap();
     for image in images["items"].as_array().unwrap() {
         delete_image(env, image["metadata"]["name"].as_str().unwrap());
     }
@@ -718,7 +702,9 @@ fn installed_with_the_chart_two_replicas_import_take_over_upload_and_upgrade() {
         "helm upgrade rolled both replicas in {:?}",
         upgrade.elapsed()
     );
-    let deployment = kubectl_json(&env, &["-n", NAMESPACE, "get", "deployment", FULLNAME]).unwrap();
+    let deployment = env
+        .get_json(&["-n", NAMESPACE, "deployment", FULLNAME])
+        .unwrap();
     let image_ref = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         .as_str()
         .unwrap();

@@ -201,16 +201,7 @@ impl World {
     }
 
     fn lease(&self, name: &str) -> Option<Value> {
-        let output = self
-            .env
-            .kubectl()
-            .args(["get", "lease", name, "-n", NAMESPACE, "-o", "json"])
-            .output()
-            .unwrap();
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).unwrap())
+        self.env.get_json(&["lease", name, "-n", NAMESPACE])
     }
 
     fn holder(&self, lease: &str) -> Option<String> {

@@ -38,15 +38,7 @@ pub fn recreate(env: &TestEnv, manifest: &Value) {
 
 /// The image as the apiserver has it, or None when there is none.
 pub fn get(env: &TestEnv, name: &str) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args(["get", "cvi", name, "-o", "json"])
-        .output()
-        .expect("kubectl runs");
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).expect("kubectl prints JSON"))
+    env.get_json(&["cvi", name])
 }
 
 pub fn phase(cvi: &Value) -> &str {
@@ -55,23 +47,12 @@ pub fn phase(cvi: &Value) -> &str {
 
 /// The import checkpoint of the image `uid`, as the daemon saved it in its Lease.
 pub fn checkpoint(env: &TestEnv, uid: &str) -> Option<Value> {
-    let output = env
-        .kubectl()
-        .args([
-            "-n",
-            "image-catalog",
-            "get",
-            "lease",
-            &format!("image-catalog-import-{uid}"),
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    if !output.status.success() {
-        return None;
-    }
-    let lease: Value = serde_json::from_slice(&output.stdout).ok()?;
+    let lease = env.get_json(&[
+        "lease",
+        "-n",
+        "image-catalog",
+        &format!("image-catalog-import-{uid}"),
+    ])?;
     serde_json::from_str(lease["metadata"]["annotations"]["imagecatalog.dev/checkpoint"].as_str()?)
         .ok()
 }

@@ -3,6 +3,25 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+/// The condition of `type_` in an object's status, if it has one.
+pub fn condition(object: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn succeeded(args: &[&str], output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 pub mod cut_proxy;
 pub mod cvi;
 pub mod daemon;
@@ -72,28 +91,33 @@ impl TestEnv {
         child.wait_with_output().unwrap()
     }
 
-    /// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
     /// Runs kubectl with `args`, feeding `stdin`; fails the test unless it succeeds.
     pub fn kubectl_input_ok(&self, args: &[&str], stdin: &str) -> String {
-        let output = self.kubectl_with_input(args, stdin);
-        assert!(
-            output.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        succeeded(args, self.kubectl_with_input(args, stdin))
     }
 
+    /// Runs kubectl and returns stdout, failing the test with stderr when kubectl fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let output = self.kubectl().args(args).output().expect("kubectl runs");
-        assert!(
-            output.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        succeeded(
+            args,
+            self.kubectl().args(args).output().expect("kubectl runs"),
+        )
+    }
+
+    /// `kubectl get <args> -o json`: the object, or None when there is none (or kubectl
+    /// cannot say).
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let output = self
+            .kubectl()
+            .arg("get")
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .expect("kubectl runs");
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("kubectl prints JSON"))
     }
 
     pub async fn kube_client(&self) -> kube::Client {
