@@ -205,6 +205,7 @@ fn metric(name: &str, catalog: &str) -> f64 {
 /// A catalog on a repository of its own served by `git daemon`, whose first commit holds one
 /// catalog file, applied with `extra` spec lines. Deleted (with its images) when dropped.
 struct Served {
+    catalog: &'static str,
     /// Serves the repository while the test runs.
     _remote: GitDaemon,
     repo: TestRepo,
@@ -223,12 +224,25 @@ impl Served {
         let url = remote.url(TestRepo::NAME);
         apply_catalog(catalog, &url, extra);
         Self {
+            catalog,
             _remote: remote,
             repo,
             url,
             first,
             _cleanup: cleanup,
         }
+    }
+
+    /// Commits `files` and tells the daemon with a signed webhook; returns the commit.
+    fn push(&self, files: &[(&str, &str)], message: &str) -> String {
+        let commit = self.repo.commit(files, message);
+        assert_eq!(push_webhook(self.catalog, WEBHOOK_SECRET), 202);
+        commit
+    }
+
+    /// [`Served::push`] of `images/a.yaml` holding `images`.
+    fn push_images(&self, images: &[(&str, &str)], message: &str) -> String {
+        self.push(&[("images/a.yaml", &catalog_file(images))], message)
     }
 }
 
@@ -374,14 +388,10 @@ fn an_edit_before_ready_updates_the_image_and_a_removed_entry_is_pruned() {
     wait_for_phase("cat-edit-gone", "Ready");
     let uid = get("cvi", "cat-edit-gone").unwrap()["metadata"]["uid"].clone();
 
-    let fixed = served.repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-edit-slow", "disk.qcow2")]),
-        )],
+    let fixed = served.push_images(
+        &[("cat-edit-slow", "disk.qcow2")],
         "a faster mirror, and one image less",
     );
-    assert_eq!(push_webhook("cat-edit", WEBHOOK_SECRET), 202);
     wait_for_phase("cat-edit-slow", "Ready");
     let cvi = get("cvi", "cat-edit-slow").unwrap();
     assert!(
@@ -431,14 +441,7 @@ fn a_mass_prune_and_a_force_push_are_held_until_a_person_confirms_the_commit() {
     };
 
     // Three of four images gone is more than the default 50%: held, nothing deleted.
-    let pruning = served.repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-hold-a", "other.raw")]),
-        )],
-        "one image left",
-    );
-    assert_eq!(push_webhook("cat-hold", WEBHOOK_SECRET), 202);
+    let pruning = served.push_images(&[("cat-hold-a", "other.raw")], "one image left");
     let held = wait_for_catalog(
         "cat-hold",
         "the mass prune held",
@@ -512,7 +515,7 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
         ("cat-invalid-a", "disk.qcow2"),
         ("cat-invalid-new", "other.raw"),
     ]);
-    let bad = served.repo.commit(
+    let bad = served.push(
         &[
             ("images/a.yaml", grown.as_str()),
             (
@@ -522,7 +525,6 @@ fn an_invalid_commit_applies_nothing_and_names_each_problem() {
         ],
         "a new image and a broken file",
     );
-    assert_eq!(push_webhook("cat-invalid", WEBHOOK_SECRET), 202);
     let status = wait_for_catalog("cat-invalid", "the commit to be refused", |c| {
         c["status"]["lastAttemptedRevision"] == bad.as_str()
     });
@@ -584,11 +586,10 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
     // Each of these took the daemon's memory (and so its life, at every restart) before.
     let deep = "- ".repeat(12_000) + "x\n";
     let bomb = alias_bomb();
-    let hostile = served.repo.commit(
+    let hostile = served.push(
         &[("images/bomb.yaml", &bomb), ("images/deep.yaml", &deep)],
         "an alias bomb and a deep nest",
     );
-    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
     let status = wait_for_catalog("cat-hostile", "the hostile commit to be refused", |c| {
         c["status"]["lastAttemptedRevision"] == hostile.as_str()
     });
@@ -615,7 +616,7 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
     assert!(text.contains("images/deep.yaml:1:129"), "{text}");
 
     let huge = "# padding\n".repeat(500_000);
-    let too_large = served.repo.commit(
+    let too_large = served.push(
         &[
             ("images/bomb.yaml", ""),
             ("images/deep.yaml", ""),
@@ -623,7 +624,6 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
         ],
         "a 5 MB file",
     );
-    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
     let status = wait_for_catalog("cat-hostile", "the too large commit to be refused", |c| {
         c["status"]["lastAttemptedRevision"] == too_large.as_str()
     });
@@ -639,7 +639,7 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
     assert_eq!(phase("cat-hostile-a").as_deref(), Some("Ready"));
 
     // The same daemon applies the next good commit.
-    let fixed = served.repo.commit(
+    let fixed = served.push(
         &[
             ("images/huge.yaml", ""),
             (
@@ -652,7 +652,6 @@ fn a_hostile_commit_is_refused_on_the_commit_and_the_daemon_keeps_the_last_good_
         ],
         "back to a catalog",
     );
-    assert_eq!(push_webhook("cat-hostile", WEBHOOK_SECRET), 202);
     wait_for_phase("cat-hostile-b", "Ready");
     wait_for_catalog("cat-hostile", "the good commit applied and Ready", |c| {
         c["status"]["lastAppliedRevision"] == fixed.as_str()
@@ -670,14 +669,7 @@ fn a_ready_images_changed_source_is_refused_under_fail_and_replaced_under_recrea
     wait_for_phase("cat-ready-a", "Ready");
     let old_uid = get("cvi", "cat-ready-a").unwrap()["metadata"]["uid"].clone();
 
-    let changed = served.repo.commit(
-        &[(
-            "images/a.yaml",
-            &catalog_file(&[("cat-ready-a", "other.raw")]),
-        )],
-        "another file",
-    );
-    assert_eq!(push_webhook("cat-ready", WEBHOOK_SECRET), 202);
+    let changed = served.push_images(&[("cat-ready-a", "other.raw")], "another file");
     let status = wait_for_catalog("cat-ready", "the change to be refused", |c| {
         c["status"]["lastAttemptedRevision"] == changed.as_str()
     });
