@@ -581,3 +581,6 @@ impl<S: ByteSource> ByteSource for &mut S {
         (**self).next_chunk().await
     }
 }
+
+#[cfg(test)]
+mod tests;
