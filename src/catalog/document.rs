@@ -130,7 +130,56 @@ pub fn json_schema() -> Value {
     drop_null_alternatives(&mut schema);
     close_objects(&mut schema);
     strip_kubernetes_extensions(&mut schema);
+    json_schema_dialect(&mut schema);
     schema
+}
+
+/// The CRD's OpenAPI wording in JSON Schema's own, so that editors and strict validators
+/// load the schema: patterns are ECMA-262 regular expressions, which have no
+/// `(?P<name>...)` groups (the product's Go patterns lose their group names, and match
+/// exactly what they matched); OpenAPI's `format: byte` is `contentEncoding: base64`, and
+/// its `example` is `examples`. The CRDs keep the product's wording.
+fn json_schema_dialect(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(pattern)) = map.get_mut("pattern") {
+                *pattern = ecma_pattern(pattern);
+            }
+            if map.get("format").and_then(Value::as_str) == Some("byte") {
+                map.remove("format");
+                map.insert("contentEncoding".into(), "base64".into());
+            }
+            if let Some(example) = map.remove("example") {
+                map.insert("examples".into(), Value::Array(vec![example]));
+            }
+            map.values_mut().for_each(json_schema_dialect);
+        }
+        Value::Array(items) => items.iter_mut().for_each(json_schema_dialect),
+        _ => {}
+    }
+}
+
+/// `(?P<name>` becomes `(?:`; an escaped `\(?P<` is left as it is.
+fn ecma_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(at) = rest.find("(?P<") {
+        let escaped = rest[..at].chars().rev().take_while(|c| *c == '\\').count() % 2 == 1;
+        let name_end = rest[at + 4..].find('>');
+        match name_end {
+            Some(end) if !escaped => {
+                out.push_str(&rest[..at]);
+                out.push_str("(?:");
+                rest = &rest[at + 4 + end + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..at + 4]);
+                rest = &rest[at + 4..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An absent optional field is left out, never written as `null`: removes the `null`
@@ -217,4 +266,29 @@ pub fn json_schema_for(kind: &DocumentKind) -> Value {
 pub fn json_schema_text() -> String {
     // Serialising a Value cannot fail.
     serde_json::to_string_pretty(&json_schema()).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_groups_become_plain_groups_and_nothing_else_changes() {
+        assert_eq!(
+            ecma_pattern(r"^(?P<name>[a-z]+)(?::(?P<tag>\w+))?$"),
+            r"^(?:[a-z]+)(?::(?:\w+))?$"
+        );
+        assert_eq!(ecma_pattern(r"^\(?P<x>$"), r"^\(?P<x>$", "an escaped paren");
+        assert_eq!(ecma_pattern(r"^[0-9a-f]{64}$"), r"^[0-9a-f]{64}$");
+    }
+
+    #[test]
+    fn the_schema_has_no_pattern_an_ecma_regex_cannot_compile() {
+        let text = json_schema_text();
+        assert!(!text.contains("(?P<"), "a Go/Python named group is left");
+        assert!(
+            text.contains("(?:(?:(?:localhost|"),
+            "the image pattern is still there"
+        );
+    }
 }

@@ -431,6 +431,10 @@ fn pattern_message(field: &str, pattern: &str, value: &serde_json::Value) -> Str
         )
     } else if field.ends_with(".http.url") {
         format!("{field}: {shown} is not an http:// or https:// URL; only those can be imported")
+    } else if field.ends_with(".containerImage.image") {
+        format!(
+            "{field}: {shown} is not a container image reference: [registry[:port]/]path[:tag][@digest], the path in lower case, as in registry.example.com/images/debian:12"
+        )
     } else {
         format!("{field}: {shown} does not match {pattern:?}")
     }
