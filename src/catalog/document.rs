@@ -262,10 +262,38 @@ pub fn json_schema_for(kind: &DocumentKind) -> Value {
     schema
 }
 
-/// The schema as it is checked in under `catalog-schema/`.
+/// The schema as it is checked in under `catalog-schema/`, for editors and CI validators:
+/// [`json_schema`] with the rule that `type` names the one block that is set, which
+/// `load` checks in code (with messages that say which block) and the CRD in CEL.
 pub fn json_schema_text() -> String {
+    let mut schema = json_schema();
+    if let Some(data_source) = schema.pointer_mut("/$defs/DataSource")
+        && let Some(map) = data_source.as_object_mut()
+    {
+        map.insert("allOf".into(), type_names_its_block());
+    }
     // Serialising a Value cannot fail.
-    serde_json::to_string_pretty(&json_schema()).unwrap_or_default() + "\n"
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// For each source type with a block: that block is required under its type and absent
+/// under any other (an Upload has none of them).
+fn type_names_its_block() -> Value {
+    let rules: Vec<Value> = [
+        ("HTTP", "http"),
+        ("ContainerImage", "containerImage"),
+        ("ObjectRef", "objectRef"),
+    ]
+    .into_iter()
+    .map(|(type_, block)| {
+        json!({
+            "if": {"properties": {"type": {"const": type_}}, "required": ["type"]},
+            "then": {"required": [block]},
+            "else": {"not": {"required": [block]}},
+        })
+    })
+    .collect();
+    Value::Array(rules)
 }
 
 #[cfg(test)]
