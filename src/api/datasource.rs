@@ -33,6 +33,14 @@ pub enum DataSourceType {
 }
 
 impl DataSourceType {
+    /// Every source type.
+    pub const ALL: [Self; 4] = [
+        Self::Http,
+        Self::ContainerImage,
+        Self::ObjectRef,
+        Self::Upload,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http => "HTTP",

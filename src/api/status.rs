@@ -38,6 +38,19 @@ impl ImagePhase {
     }
 }
 
+impl ImagePhase {
+    /// Every phase, in the order of an image's life.
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::WaitForUserUpload,
+        Self::Provisioning,
+        Self::Ready,
+        Self::Failed,
+        Self::Terminating,
+        Self::ImageLost,
+    ];
+}
+
 impl std::fmt::Display for ImagePhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -162,9 +162,11 @@ pub(super) fn start_leader_parts(
         if args.verification {
             let verify_settings = crate::verify::scheduler::VerifySettings {
                 default_schedule: args.verify_schedule.clone(),
-                jitter_window: Duration::from_secs(args.verify_jitter_seconds),
+                cadence: crate::verify::schedule::Cadence {
+                    jitter_window: Duration::from_secs(args.verify_jitter_seconds),
+                    presence_interval: Duration::from_secs(args.presence_interval_seconds.max(1)),
+                },
                 concurrency: args.verify_concurrency,
-                presence_interval: Duration::from_secs(args.presence_interval_seconds.max(1)),
                 selector: args.selector.clone(),
                 egress: egress.clone(),
             };

@@ -18,7 +18,11 @@ impl Exposition {
             accept.split(',').any(|range| {
                 let mut parts = range.split(';').map(str::trim);
                 let media = parts.next().unwrap_or_default();
-                let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f64>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
                 media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
             })
         });
@@ -94,6 +98,10 @@ mod tests {
         assert_eq!(Exposition::negotiate(None), Exposition::PrometheusText);
         assert_eq!(
             Exposition::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
+            Exposition::PrometheusText
+        );
+        assert_eq!(
+            Exposition::negotiate(Some("application/openmetrics-text;q=0.000, text/plain")),
             Exposition::PrometheusText
         );
     }

@@ -15,16 +15,6 @@ struct PhaseLabel {
     phase: String,
 }
 
-const PHASES: [ImagePhase; 7] = [
-    ImagePhase::Pending,
-    ImagePhase::WaitForUserUpload,
-    ImagePhase::Provisioning,
-    ImagePhase::Ready,
-    ImagePhase::Failed,
-    ImagePhase::Terminating,
-    ImagePhase::ImageLost,
-];
-
 /// Set while this replica leads and its import controller watches; a standby reports no
 /// images, so only the leader's series can raise an alert.
 #[derive(Debug, Default)]
@@ -65,7 +55,7 @@ impl ImagePhases {
 
 /// Every phase with its count, zeros included, so `> 0` alerts see a series from the start.
 fn count_phases(phases: impl Iterator<Item = ImagePhase>) -> Vec<(ImagePhase, i64)> {
-    let mut counts: Vec<(ImagePhase, i64)> = PHASES.iter().map(|p| (*p, 0)).collect();
+    let mut counts: Vec<(ImagePhase, i64)> = ImagePhase::ALL.iter().map(|p| (*p, 0)).collect();
     for phase in phases {
         if let Some(entry) = counts.iter_mut().find(|(p, _)| *p == phase) {
             entry.1 += 1;

@@ -27,13 +27,6 @@ struct CopyLabel {
     method: &'static str,
 }
 
-const SOURCES: [DataSourceType; 4] = [
-    DataSourceType::Http,
-    DataSourceType::ContainerImage,
-    DataSourceType::ObjectRef,
-    DataSourceType::Upload,
-];
-
 /// The reason of a Ready image's `Ready` condition, the label of a success.
 const SUCCEEDED_REASON: &str = "Ready";
 
@@ -108,7 +101,7 @@ impl ImportMetrics {
         };
         // Every source's series exists from the start: a dashboard shows 0, not "no data",
         // and rate() has a first sample to start from.
-        for source in SOURCES {
+        for source in DataSourceType::ALL {
             let label = SourceLabel {
                 source: source.as_str().to_string(),
             };

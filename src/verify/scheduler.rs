@@ -30,12 +30,10 @@ use crate::report::publish::Publishers;
 pub struct VerifySettings {
     /// The schedule of images without the annotation.
     pub default_schedule: String,
-    /// Runs of one schedule spread over this window.
-    pub jitter_window: Duration,
+    /// The jitter window of verifications and the interval of presence checks.
+    pub cadence: Cadence,
     /// Verifications reading from DVCR at once.
     pub concurrency: usize,
-    /// How often each Ready image's manifest is checked for presence.
-    pub presence_interval: Duration,
     /// Only images matching this label selector.
     pub selector: Option<String>,
     /// Where upstream checks may connect (the import's own egress policy).
@@ -85,10 +83,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut entries: HashMap<String, Entry> = HashMap::new();
-    let cadence = Cadence {
-        jitter_window: settings.jitter_window,
-        presence_interval: settings.presence_interval,
-    };
+    let cadence = settings.cadence;
     // Catalogs whose verification check is to be sent again.
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
