@@ -31,7 +31,7 @@ struct World {
     http: FileServer,
     https: FileServer,
     _controller: Daemon,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn world() -> &'static World {
@@ -59,7 +59,7 @@ fn world() -> &'static World {
             http,
             https,
             _controller: controller,
-            _dir: dir,
+            dir,
         }
     })
 }
@@ -844,7 +844,7 @@ fn a_failure_is_announced_as_a_warning_event_on_the_image() {
         "{events:?}"
     );
     // The daemon's log says which image the failure is about, in plain text.
-    let log_path = world._dir.path().join(format!("controller-{SUITE}.log"));
+    let log_path = world.dir.path().join(format!("controller-{SUITE}.log"));
     let line = wait_for("the failure in the log", Duration::from_secs(30), || {
         std::fs::read_to_string(&log_path)
             .ok()?
@@ -1134,29 +1134,10 @@ fn metrics_pass_promtool_and_an_upload_import_is_counted_and_timed() {
         "the images are counted by phase"
     );
 
-    let mut promtool = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/promtool"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
     let exposition = metrics(world.metrics_port);
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    let lint = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (ok, lint) = common::promtool(&["check", "metrics"], &exposition);
     assert!(
-        output.status.success() && lint.trim().is_empty(),
+        ok && lint.trim().is_empty(),
         "promtool check metrics: {lint}\n{exposition}"
     );
 }

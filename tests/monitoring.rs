@@ -2,8 +2,10 @@
 //! daemon exposes, and each alert firing on the trouble it names and staying quiet otherwise
 //! (checked with Prometheus' own promtool).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,21 +17,10 @@ use serde_json::Value;
 const RULES: &str = "deploy/chart/files/prometheus-rules.yaml";
 const DASHBOARD: &str = "deploy/chart/files/grafana-dashboard.json";
 
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::repo_root;
 
 fn promtool(args: &[&str]) -> (bool, String) {
-    let output = Command::new(repo_root().join("scripts/promtool"))
-        .args(args)
-        .output()
-        .expect("scripts/promtool runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    common::promtool(args, "")
 }
 
 /// Every sample name the daemon's registry writes, with each part of it used once so that

@@ -42,6 +42,39 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `command`, feeding `stdin`, and returns its output.
+pub fn run_with_input(command: &mut Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Prometheus' promtool at the pinned version (`scripts/promtool`), fed `stdin`: whether it
+/// succeeded, and all it printed.
+pub fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
+    let output = run_with_input(
+        Command::new(repo_root().join("scripts/promtool")).args(args),
+        stdin,
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
 /// What `.testenv/env` exports.
 #[derive(Debug, Clone)]
 pub struct TestEnv {
@@ -73,22 +106,7 @@ impl TestEnv {
 
     /// Runs kubectl with `args`, feeding `stdin`, and returns its output.
     pub fn kubectl_with_input(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .kubectl()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with_input(self.kubectl().args(args), stdin)
     }
 
     /// Runs kubectl with `args`, feeding `stdin`; fails the test unless it succeeds.
